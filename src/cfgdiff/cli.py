@@ -1,0 +1,337 @@
+"""The ``cfgdiff`` command line: train, sample, toy.
+
+The only module that parses arguments, prints for people and decides exit codes: 0 success, 2 bad input
+(one line on stderr, no traceback, nothing written), 1 a run that failed (e.g. a diverged loss).
+Guidance weights are the paper's w (ε̃ = (1 + w) ε(z, c) - w ε(z)); ``--guidance-scale`` takes s = w + 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfgdiff.checkpoint import CheckpointError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SAMPLERS = ("ancestral", "ddim")
+DEFAULT_SAMPLE_BATCH = 64  # rows per chunk (a guided chunk is one network call of 2x rows): see README
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+# -- argument helpers ----------------------------------------------------------------------------------
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    for v in values:
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"guidance weights must be finite, got {v}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _unit_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must lie in [0, 1], got {text}")
+        return value
+
+    return parse
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("--device cuda asked for, but CUDA is not available")
+    return text
+
+
+# -- parser --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cfgdiff.data import DATASETS
+
+    parser = _Parser(prog="cfgdiff", description="Classifier-free diffusion guidance (Ho & Salimans 2022).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a class-conditional diffusion model with label dropout")
+    p.add_argument("--data", choices=sorted(DATASETS), default="digits", help="data set (default: digits)")
+    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/DATA)")
+    p.add_argument("--steps", type=_positive_int("--steps"), help="total optimizer steps")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"))
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--p-uncond", type=_unit_float("--p-uncond"), help="label dropout probability (default 0.1)")
+    p.add_argument("--logsnr-schedule", choices=("cosine", "uniform"), help="training λ distribution")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"))
+    p.add_argument("--log-every", type=_positive_int("--log-every"))
+    p.add_argument("--base-channels", type=_positive_int("--base-channels"), help="U-Net width")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sample", help="sample a grid across guidance weights from a trained run")
+    p.add_argument("run_dir", type=Path, help="run directory (or its checkpoint.safetensors)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--w", type=_float_list, default=None,
+                         help="guidance weights in the paper's convention, comma-separated (default 0,1,3); "
+                              "eps = (1+w) eps(z,c) - w eps(z): w=0 is the conditional model")
+    weights.add_argument("--guidance-scale", type=_float_list, default=None,
+                         help="guidance scales s = w + 1 (the diffusers / k-diffusion convention)")
+    p.add_argument("--n-per-class", type=_positive_int("--n-per-class"), default=8)
+    p.add_argument("--classes", type=_int_list, default=None, help="class indices (default: all)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=128)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
+    p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3,
+                   help="the paper's v: reverse variance (σ̃²)^(1-v) (σ²_{λ|λ'})^v (ancestral only)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clip x̂ to the data range ([-1, 1] for images)")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=DEFAULT_SAMPLE_BATCH,
+                   help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_SAMPLE_BATCH})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("toy", help="the paper's Figure 2: exact guided densities and CFG samples, 3 Gaussians")
+    p.add_argument("--w", type=_float_list, default=[0.0, 1.0, 3.0, 10.0], help="guidance weights (paper's w)")
+    p.add_argument("--n-per-class", type=_positive_int("--n-per-class"), default=500)
+    p.add_argument("--steps", type=_positive_int("--steps"), default=128)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
+    p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("toy.png"))
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+
+def _progress(total: int, desc: str, disable: bool):
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.1 if interactive else 30.0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cfgdiff.training import default_config, train
+
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / args.data
+    overrides = {
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "p_uncond": args.p_uncond,
+        "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay, "warmup_steps": args.warmup_steps,
+        "grad_clip": args.grad_clip, "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+        "seed": args.seed, "device": args.device,
+    }
+    config = default_config(args.data, **overrides)
+    if args.base_channels is not None:
+        config.model["base_channels"] = args.base_channels
+    bar = None
+    t0 = time.perf_counter()
+
+    def on_start(trainer) -> None:
+        nonlocal bar
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"training {trainer.model.config()['arch']} ({n_params / 1e6:.2f}M parameters) on {config.data} "
+              f"(train split, {len(trainer.dataset)} examples), p_uncond={trainer.config.p_uncond}, "
+              f"run dir {run_dir}", file=sys.stderr)
+        bar = _progress(trainer.config.steps, "train", args.no_progress)
+        bar.update(trainer.step)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        trainer = train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                        on_step=on_step, on_start=on_start)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"done: step {trainer.step}, {time.perf_counter() - t0:.0f} s; checkpoint in {run_dir}")
+    return EXIT_OK
+
+
+def _resolve_weights(args: argparse.Namespace, default: Sequence[float]) -> list[float]:
+    if getattr(args, "guidance_scale", None) is not None:
+        return [s - 1.0 for s in args.guidance_scale]
+    return list(args.w) if args.w is not None else list(default)
+
+
+def generate(
+    eps_fn, labels: torch.Tensor, w: float, *, sampler: str, steps: int, v_interp: float, clip_x: bool | float,
+    batch_size: int, generator: torch.Generator, device: str, dtype: torch.dtype = torch.float32,
+    on_chunk=None,
+) -> torch.Tensor:
+    """Guided samples for ``labels`` in chunks of ``batch_size`` rows (memory independent of len(labels))."""
+    from cfgdiff.guidance import cfg
+    from cfgdiff.samplers import sample_ancestral, sample_ddim
+
+    guided = cfg(eps_fn, w)
+    data_shape = tuple(eps_fn.data_shape)
+    out = []
+    for start in range(0, labels.shape[0], batch_size):
+        chunk = labels[start:start + batch_size].to(device)
+        shape = (chunk.shape[0], *data_shape)
+        kwargs = {"steps": steps, "generator": generator, "clip_x": clip_x, "device": device, "dtype": dtype}
+        if sampler == "ancestral":
+            x = sample_ancestral(guided, shape, chunk, v_interp=v_interp, **kwargs)
+        else:
+            x = sample_ddim(guided, shape, chunk, **kwargs)
+        out.append(x.to("cpu"))
+        if on_chunk is not None:
+            on_chunk(chunk.shape[0])
+    return torch.cat(out)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
+    from cfgdiff.toy import GaussianMixture
+    from cfgdiff.training import load_model
+
+    ws = _resolve_weights(args, [0.0, 1.0, 3.0])
+    model = load_model(args.run_dir, ema=not args.raw_weights, device=args.device)
+    num_classes = model.num_classes
+    classes = args.classes if args.classes is not None else list(range(num_classes))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UsageError(f"--classes: label {bad[0]} outside [0, {num_classes}) for this model")
+    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    out = args.out if args.out is not None else run_dir / "samples" / "grid.png"
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out must be a .png path, got {out}")
+    is_image = len(model.data_shape) == 3
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    samples: dict[float, torch.Tensor] = {}
+    bar = _progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)", args.no_progress)
+    t0 = time.perf_counter()
+    with bar:
+        for w in ws:
+            samples[w] = generate(
+                model, labels, w, sampler=args.sampler, steps=args.steps, v_interp=args.v_interp,
+                clip_x=False if args.no_clip else model.x_bound, batch_size=args.batch_size, generator=generator,
+                device=args.device, on_chunk=bar.update,
+            )
+    seconds = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = getattr(model, "class_names", ()) or tuple(str(c) for c in range(num_classes))
+    if is_image:
+        grid = {w: x.reshape(len(classes), args.n_per_class, *model.data_shape).numpy() for w, x in samples.items()}
+        save_sample_grid(grid, out, class_names=[names[c] for c in classes])
+    else:
+        toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
+                            {w: (x.numpy(), labels.numpy()) for w, x in samples.items()}, out)
+    npz = out.with_suffix(".npz")
+    np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
+                        w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed)
+    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s)")
+    return EXIT_OK
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from cfgdiff.plotting import toy_guidance_figure
+    from cfgdiff.toy import GaussianMixture
+
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out must be a .png path, got {args.out}")
+    mixture = GaussianMixture.three_gaussians()
+    labels = torch.arange(mixture.num_classes).repeat_interleave(args.n_per_class)
+    generator = torch.Generator().manual_seed(args.seed)
+    mixture.data_shape = (mixture.dim,)
+    samples = {}
+    for w in args.w:
+        x = generate(mixture, labels, w, sampler=args.sampler, steps=args.steps, v_interp=args.v_interp,
+                     clip_x=False, batch_size=labels.shape[0], generator=generator, device="cpu",
+                     dtype=torch.float64)
+        samples[w] = (x.numpy(), labels.numpy())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    toy_guidance_figure(mixture, args.w, samples, args.out)
+    print(f"wrote {args.out} (w = {', '.join(f'{w:g}' for w in args.w)})")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "toy": cmd_toy}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cfgdiff`` console script and ``python -m cfgdiff``."""
+    from cfgdiff.training import RunDirError, TrainingDiverged
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, RunDirError, CheckpointError) as err:
+        print(f"cfgdiff: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:  # invalid values caught by the library's own checks
+        if os.environ.get("CFGDIFF_DEBUG"):
+            raise
+        print(f"cfgdiff: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as err:
+        print(f"cfgdiff: training stopped: {err}; the last good checkpoint is kept", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("cfgdiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
