@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from cfgdiff.checkpoint import CheckpointError
+from cfgdiff.generate import DEFAULT_BATCH_SIZE
+from cfgdiff.samplers import SAMPLERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SAMPLERS = ("ancestral", "ddim")
-DEFAULT_SAMPLE_BATCH = 64  # rows per chunk (a guided chunk is one network call of 2x rows): see README
 
 
 class UsageError(ValueError):
@@ -133,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-class", type=_positive_int("--n-per-class"), default=8)
     p.add_argument("--classes", type=_int_list, default=None, help="class indices (default: all)")
     p.add_argument("--steps", type=_positive_int("--steps"), default=128)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
     p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3,
                    help="the paper's v: reverse variance (σ̃²)^(1-v) (σ²_{λ|λ'})^v (ancestral only)")
     p.add_argument("--no-clip", action="store_true",
                    help="do not clip x̂ to the data range ([-1, 1] for images)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=DEFAULT_SAMPLE_BATCH,
-                   help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_SAMPLE_BATCH})")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=DEFAULT_BATCH_SIZE,
+                   help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w", type=_float_list, default=[0.0, 1.0, 3.0, 10.0], help="guidance weights (paper's w)")
     p.add_argument("--n-per-class", type=_positive_int("--n-per-class"), default=500)
     p.add_argument("--steps", type=_positive_int("--steps"), default=128)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
     p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("toy.png"))
@@ -214,33 +214,13 @@ def _resolve_weights(args: argparse.Namespace, default: Sequence[float]) -> list
     return list(args.w) if args.w is not None else list(default)
 
 
-def generate(
-    eps_fn, labels: torch.Tensor, w: float, *, sampler: str, steps: int, v_interp: float, clip_x: bool | float,
-    batch_size: int, generator: torch.Generator, device: str, dtype: torch.dtype = torch.float32,
-    on_chunk=None,
-) -> torch.Tensor:
-    """Guided samples for ``labels`` in chunks of ``batch_size`` rows (memory independent of len(labels))."""
-    from cfgdiff.guidance import cfg
-    from cfgdiff.samplers import sample_ancestral, sample_ddim
-
-    guided = cfg(eps_fn, w)
-    data_shape = tuple(eps_fn.data_shape)
-    out = []
-    for start in range(0, labels.shape[0], batch_size):
-        chunk = labels[start:start + batch_size].to(device)
-        shape = (chunk.shape[0], *data_shape)
-        kwargs = {"steps": steps, "generator": generator, "clip_x": clip_x, "device": device, "dtype": dtype}
-        if sampler == "ancestral":
-            x = sample_ancestral(guided, shape, chunk, v_interp=v_interp, **kwargs)
-        else:
-            x = sample_ddim(guided, shape, chunk, **kwargs)
-        out.append(x.to("cpu"))
-        if on_chunk is not None:
-            on_chunk(chunk.shape[0])
-    return torch.cat(out)
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """Options that only some samplers take."""
+    return {"v_interp": args.v_interp} if args.sampler == "ancestral" else {}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from cfgdiff.generate import generate_samples
     from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
     from cfgdiff.toy import GaussianMixture
     from cfgdiff.training import load_model
@@ -264,10 +244,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with bar:
         for w in ws:
-            samples[w] = generate(
-                model, labels, w, sampler=args.sampler, steps=args.steps, v_interp=args.v_interp,
-                clip_x=False if args.no_clip else model.x_bound, batch_size=args.batch_size, generator=generator,
-                device=args.device, on_chunk=bar.update,
+            samples[w] = generate_samples(
+                model, labels, w=w, sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
+                generator=generator, device=args.device, on_chunk=bar.update,
+                clip_x=False if args.no_clip else model.x_bound, **_sampler_options(args),
             )
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +266,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
+    from cfgdiff.generate import generate_samples
     from cfgdiff.plotting import toy_guidance_figure
     from cfgdiff.toy import GaussianMixture
 
@@ -294,12 +275,11 @@ def cmd_toy(args: argparse.Namespace) -> int:
     mixture = GaussianMixture.three_gaussians()
     labels = torch.arange(mixture.num_classes).repeat_interleave(args.n_per_class)
     generator = torch.Generator().manual_seed(args.seed)
-    mixture.data_shape = (mixture.dim,)
     samples = {}
     for w in args.w:
-        x = generate(mixture, labels, w, sampler=args.sampler, steps=args.steps, v_interp=args.v_interp,
-                     clip_x=False, batch_size=labels.shape[0], generator=generator, device="cpu",
-                     dtype=torch.float64)
+        x = generate_samples(mixture, labels, w=w, sampler=args.sampler, steps=args.steps,
+                             batch_size=labels.shape[0], generator=generator, dtype=torch.float64,
+                             **_sampler_options(args))
         samples[w] = (x.numpy(), labels.numpy())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     toy_guidance_figure(mixture, args.w, samples, args.out)

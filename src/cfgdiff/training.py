@@ -111,7 +111,7 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
         "steps": 4000,
         "batch_size": 128,
         "lr": 2e-3,
-        "model": {"arch": "unet", "base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 2},
+        "model": {"arch": "unet", "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1},
     },
     "gmm2d": {
         "steps": 3000,

@@ -44,9 +44,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x: [B, C_in, H, W], emb: [B, D] -> [B, C_out, H, W]."""
+        """x: [B, C_in, H, W], emb: SiLU(e) [B, D] -> [B, C_out, H, W]."""
         h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # 2 x [B, C_out, 1, 1]
+        scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # 2 x [B, C_out, 1, 1]
         h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # [B, C_out, H, W]
         h = self.conv2(self.dropout(F.silu(h)))  # [B, C_out, H, W]
         return self.skip(x) + h
@@ -119,14 +119,18 @@ class UNet(nn.Module):
 
     Contract: `eps = model(z, logsnr, labels)`, z: [B, C, H, W], logsnr: [B] (λ = log α²/σ²), labels: [B]
     int64 in [0, num_classes], where `num_classes` is the null label ∅. Returns eps with z's shape and dtype.
+
+    The defaults (widths 16/32/64 at 8x8/4x4/2x2 for digits, one res block per level down, two up, attention
+    at the lowest level) give 0.72M parameters for (1, 8, 8) with 10 classes, sized for a 2-core CPU
+    training step of about 0.15 s at batch 128.
     """
 
     def __init__(
         self,
         image_shape: Sequence[int],  # (C, H, W) of one sample
         num_classes: int,  # K; label K is the null class
-        base_channels: int = 32,  # width of level 0; level i has base_channels * channel_mults[i]
-        channel_mults: Sequence[int] = (1, 2, 2),  # one entry per resolution level
+        base_channels: int = 16,  # width of level 0; level i has base_channels * channel_mults[i]
+        channel_mults: Sequence[int] = (1, 2, 4),  # one entry per resolution level
         num_res_blocks: int = 1,  # residual blocks per level on the down path (up path: one more)
         attn_levels: Sequence[int] | None = None,  # levels with self-attention; None = the lowest only
         num_heads: int = 4,  # attention heads
@@ -219,7 +223,7 @@ class UNet(nn.Module):
     def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """eps_theta(z, λ, c): z [B, C, H, W], logsnr [B], labels [B] -> eps [B, C, H, W]."""
         logsnr, labels = broadcast_conditioning(logsnr, labels, z.shape[0])
-        emb = self.cond(logsnr, labels)  # [B, D]
+        emb = F.silu(self.cond(logsnr, labels))  # [B, D], SiLU(e) once; each block projects it
         h = self.conv_in(z.to(self.conv_in.weight.dtype))  # [B, C0, H, W]
         skips = [h]
         for layer in self.down:
