@@ -140,3 +140,21 @@ def test_config_validation():
         default_config("gmm2d", p_uncond=1.5)
     with pytest.raises(ValueError):
         default_config("mnist")
+
+
+def test_resume_after_interruption_drops_log_lines_past_the_checkpoint(tmp_path, monkeypatch):
+    config = dict(batch_size=16, checkpoint_every=10, log_every=5, model=TINY_MLP)
+    original = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 17:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(default_config("gmm2d", steps=30, **config), tmp_path / "run")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    train(default_config("gmm2d", steps=30, **config), tmp_path / "run", resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / LOSS_FILE).read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30]

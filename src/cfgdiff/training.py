@@ -318,6 +318,14 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool
 StepHook = Callable[[int, float], None]
 
 
+def _truncate_loss_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint's step (written after the last checkpoint of an interrupted run)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -342,6 +350,7 @@ def train(
     trainer = Trainer(config, dataset)
     if resume:
         trainer.restore(run_dir / CHECKPOINT_FILE)
+        _truncate_loss_log(run_dir / LOSS_FILE, trainer.step)
     (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
     if on_start is not None:
         on_start(trainer)
