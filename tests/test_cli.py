@@ -87,7 +87,7 @@ def test_bad_arguments(capsys, tmp_path, argv, needle):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--sampler", "heun"], "heun"),
+    (["--sampler", "euler_a"], "euler_a"),  # not a cfgdiff sampler (heun now is)
     (["--classes", "10"], "10"),
     (["--classes", "-1"], "-1"),
     (["--w", "0,nan"], "finite"),

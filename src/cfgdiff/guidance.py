@@ -15,7 +15,7 @@ rows, then the same rows with the null label K).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -47,8 +47,13 @@ def _check_weight(w: GuidanceWeight) -> GuidanceWeight:
 
 
 def _row_logsnr(logsnr: torch.Tensor) -> float:
-    """The step's λ as a Python float (samplers pass one λ for every row). Reads one scalar from the device."""
-    return float(logsnr.reshape(-1)[0])
+    """The step's λ as a Python float (samplers pass one λ for every row).
+
+    cfgdiff's samplers attach it to the tensor as ``host_logsnr``, so no device read (and, on a GPU, no host
+    synchronisation) is needed; other callers' tensors are read once.
+    """
+    host = getattr(logsnr, "host_logsnr", None)
+    return float(host) if host is not None else float(logsnr.reshape(-1)[0])
 
 
 def guidance_interval(w: float, *, logsnr_lo: float, logsnr_hi: float) -> WeightSchedule:
@@ -66,6 +71,46 @@ def guidance_interval(w: float, *, logsnr_lo: float, logsnr_hi: float) -> Weight
 
     schedule.__doc__ = f"w = {w} for λ in [{logsnr_lo}, {logsnr_hi}], else 0"
     return schedule
+
+
+def logsnr_from_sigma(sigma: float) -> float:
+    """λ = -2 log σ for the variance-exploding noise level σ = e^{-λ/2} of EDM and Kynkäänniemi et al."""
+    sigma = float(sigma)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return -2.0 * math.log(sigma) if math.isfinite(sigma) else -math.inf
+
+
+def sigma_from_logsnr(logsnr: float) -> float:
+    """σ = e^{-λ/2}, the variance-exploding noise level of λ (σ = σ_vp/α_vp)."""
+    return math.exp(-0.5 * float(logsnr))
+
+
+def guidance_interval_sigma(w: float, *, sigma_lo: float, sigma_hi: float) -> WeightSchedule:
+    """The guidance interval in the paper's own terms (Kynkäänniemi et al. 2024): weight w where the
+    variance-exploding σ = e^{-λ/2} lies in (σ_lo, σ_hi], 0 elsewhere; that is λ in [-2 log σ_hi, -2 log σ_lo).
+
+    Their EDM2 settings are stated in σ (e.g. (0.28, 2.9] for ImageNet-512); σ_hi = inf guides from the start.
+    """
+    w = float(_check_weight(w))
+    if not 0 <= sigma_lo < sigma_hi:
+        raise ValueError(f"need 0 <= sigma_lo < sigma_hi, got {sigma_lo} and {sigma_hi}")
+    logsnr_lo = logsnr_from_sigma(sigma_hi)  # may be -inf
+    logsnr_hi = math.inf if sigma_lo == 0 else logsnr_from_sigma(sigma_lo)
+
+    def schedule(logsnr: float) -> float:
+        return w if logsnr_lo <= logsnr < logsnr_hi else 0.0
+
+    schedule.__doc__ = f"w = {w} for σ in ({sigma_lo}, {sigma_hi}], i.e. λ in [{logsnr_lo}, {logsnr_hi}); else 0"
+    return schedule
+
+
+def guided_fraction(schedule: GuidanceWeight, logsnrs: Sequence[float]) -> float:
+    """The share of the given evaluation λs at which the weight is non-zero (each costs 2 rows, else 1)."""
+    if not logsnrs:
+        return 0.0
+    weight = schedule if callable(schedule) else (lambda _: schedule)
+    return sum(1 for lam in logsnrs if float(weight(float(lam))) != 0.0) / len(logsnrs)
 
 
 def combine_cfg(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:

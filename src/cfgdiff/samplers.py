@@ -1,12 +1,19 @@
 """Samplers: pure functions over an eps_fn that walk an ascending log-SNR grid from noise to data.
 
 Every sampler here has the form ``sample_x(eps_fn, shape, labels, *, steps, generator, ...) -> x``:
-it draws z_{λ_0} ~ N(0, I) from ``generator``, makes one eps_fn call per step (guidance is whatever eps_fn
-the caller passes: ``cfgdiff.guidance.cfg(model, w)`` and friends), and returns x at the data end.
+it draws z_{λ_0} ~ N(0, I) from ``generator``, makes one eps_fn call per step (two for Heun's corrector;
+guidance is whatever eps_fn the caller passes: ``cfgdiff.guidance.cfg(model, w)`` and friends), and returns x
+at the data end. ``generator`` is one ``torch.Generator`` for the whole batch, or a sequence of B generators,
+one per row: row i's initial noise and every later draw of row i then come from ``generator[i]`` alone, so a
+sample does not depend on which other rows share its batch (``cfgdiff.generate`` uses this for chunking).
 The λ grid is built apart (``cfgdiff.schedule.logsnr_grid``), step coefficients are computed once on the host
 in float64, and memory does not grow with the number of steps.
 
 Notation map: step i goes from λ = grid[i] to λ' = grid[i+1] > λ; α, σ belong to λ and α', σ' to λ'.
+DPM-Solver's time is half our log-SNR, so its step is h = (λ' - λ)/2; EDM's noise level is the
+variance-exploding σ_ve = e^{-λ/2} = σ/α with x_ve = z/α. No sampler reads anything back from the device
+inside its loop: the step's λ reaches the eps_fn as a tensor that also carries it as a Python float
+(attribute ``host_logsnr``), so a guidance schedule needs no device read either.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from cfgdiff.contract import EpsFn
 from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN, GridKind, logsnr_grid
 
 StepCallback = Callable[[int, float], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+EDM_LOGSNR_MIN = -2.0 * math.log(80.0)  # EDM's σ_max = 80 as a log-SNR: the Heun sampler's default start
 
 
 def _alpha_sigma_f(logsnr: float) -> tuple[float, float]:
@@ -42,10 +51,38 @@ def _resolve_grid(
     return [float(v) for v in logsnr_grid(steps, grid, logsnr_min=logsnr_min, logsnr_max=logsnr_max)]
 
 
+class _Noise:
+    """Standard normal draws for a batch of B rows: from one generator, or row i from ``generators[i]``."""
+
+    def __init__(self, generator: Generators, batch: int) -> None:
+        if generator is None or isinstance(generator, torch.Generator):
+            self.generator, self.rows = generator, None
+        else:
+            self.generator, self.rows = None, list(generator)
+            if len(self.rows) != batch:
+                raise ValueError(f"got {len(self.rows)} per-row generators for a batch of {batch} rows")
+            if not all(isinstance(g, torch.Generator) for g in self.rows):
+                raise ValueError("generator must be a torch.Generator or a sequence of them, one per row")
+
+    @property
+    def device(self) -> torch.device | None:
+        if self.rows is not None:
+            return self.rows[0].device if self.rows else None
+        return self.generator.device if self.generator is not None else None
+
+    def randn(self, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        if self.rows is None:
+            return torch.randn(tuple(shape), generator=self.generator, device=device, dtype=dtype)
+        out = torch.empty(tuple(shape), device=device, dtype=dtype)
+        for row, g in zip(out.unbind(0), self.rows, strict=True):  # row i from stream i only
+            row.normal_(generator=g)
+        return out
+
+
 def _initial_noise(
     shape: Sequence[int],
     labels: torch.Tensor,
-    generator: torch.Generator | None,
+    noise: _Noise,
     device: torch.device | str | None,
     dtype: torch.dtype,
     z: torch.Tensor | None,
@@ -57,12 +94,8 @@ def _initial_noise(
             raise ValueError(f"initial z has shape {tuple(z.shape)}, expected {tuple(shape)}")
         return z.to(dtype)
     if device is None:
-        device = generator.device if generator is not None else labels.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-def _noise_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        device = noise.device if noise.device is not None else labels.device
+    return noise.randn(shape, device, dtype)
 
 
 def _x_bound(clip_x: bool | float) -> float | None:
@@ -89,7 +122,9 @@ class _Denoiser:
     def __call__(self, z: torch.Tensor, logsnr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, x̂) at λ; when x̂ is clipped, ε̂ is recomputed from it so the two stay consistent."""
         alpha, sigma = _alpha_sigma_f(logsnr)
-        eps = self.eps_fn(z, self.logsnr_row.fill_(logsnr), self.labels)
+        self.logsnr_row.fill_(logsnr)
+        self.logsnr_row.host_logsnr = logsnr  # the same λ as a Python float: schedules need no device read
+        eps = self.eps_fn(z, self.logsnr_row, self.labels)
         x = (z - sigma * eps) / alpha
         if self.x_bound is not None:
             x = x.clamp(-self.x_bound, self.x_bound)
@@ -104,7 +139,7 @@ def sample_ancestral(
     *,
     steps: int = 256,
     v_interp: float = 0.3,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     grid: GridKind | torch.Tensor = "cosine",
     logsnr_min: float = LOGSNR_MIN,
     logsnr_max: float = LOGSNR_MAX,
@@ -131,7 +166,8 @@ def sample_ancestral(
         raise ValueError(f"v_interp must lie in [0, 1], got {v_interp}")
     logsnrs = _resolve_grid(steps, grid, logsnr_min, logsnr_max)
     with torch.inference_mode():
-        z = _initial_noise(shape, labels, generator, device, dtype, z)
+        noise = _Noise(generator, shape[0])
+        z = _initial_noise(shape, labels, noise, device, dtype, z)
         denoise = _Denoiser(eps_fn, labels, z, clip_x)
         last = len(logsnrs) - 2
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
@@ -150,7 +186,7 @@ def sample_ancestral(
                 + (1.0 - v_interp) * _log_sigmoid(-logsnr_next)
                 + v_interp * _log_sigmoid(-logsnr)
             )
-            z = coef_z * z + coef_x * x + math.exp(0.5 * log_var) * _noise_like(z, generator)
+            z = coef_z * z + coef_x * x + math.exp(0.5 * log_var) * noise.randn(z.shape, z.device, z.dtype)
     raise AssertionError("unreachable")
 
 
@@ -165,7 +201,7 @@ def sample_ddim(
     labels: torch.Tensor,
     *,
     steps: int = 128,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     grid: GridKind | torch.Tensor = "cosine",
     logsnr_min: float = LOGSNR_MIN,
     logsnr_max: float = LOGSNR_MAX,
@@ -182,7 +218,8 @@ def sample_ddim(
     """
     logsnrs = _resolve_grid(steps, grid, logsnr_min, logsnr_max)
     with torch.inference_mode():
-        z = _initial_noise(shape, labels, generator, device, dtype, z)
+        noise = _Noise(generator, shape[0])
+        z = _initial_noise(shape, labels, noise, device, dtype, z)
         denoise = _Denoiser(eps_fn, labels, z, clip_x)
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
             eps, x = denoise(z, logsnr)
@@ -195,7 +232,238 @@ def sample_ddim(
     raise AssertionError("unreachable")
 
 
+def _finish(z: torch.Tensor, logsnr_max: float, x_bound: float | None) -> torch.Tensor:
+    """x = z/α at the data end (σ = e^{-10} at λ = 20), clipped to the data range if x̂ was."""
+    alpha, _ = _alpha_sigma_f(logsnr_max)
+    x = z / alpha
+    return x.clamp(-x_bound, x_bound) if x_bound is not None else x
+
+
+def _dpmpp_multistep(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    order: int,
+    eta: float,
+    steps: int,
+    generator: Generators,
+    grid: GridKind | torch.Tensor,
+    logsnr_min: float,
+    logsnr_max: float,
+    clip_x: bool | float,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    z: torch.Tensor | None,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """DPM-Solver++ multistep (Lu et al. 2022, arXiv 2211.01095) in log-SNR, orders 2 and 3, ODE (η = 0) or SDE.
+
+    Written in z with h = (λ' - λ)/2 and the data predictions x̂ of the last steps (k-diffusion's
+    ``sample_dpmpp_2m_sde`` / ``sample_dpmpp_3m_sde`` mapped from x_ve = z/α, σ_ve = σ/α):
+
+        z' = (σ'/σ) e^{-ηh} z + α' φ_1 x̂ + α' (correction) + σ' sqrt(1 - e^{-2ηh}) ξ,   φ_1 = 1 - e^{-(1+η)h},
+
+    2nd order: correction = (φ_1 / 2r) (x̂ - x̂_prev), r = h_prev / h, which at η = 0 is math.md's
+    D = (1 + 1/(2r)) x̂ - (1/(2r)) x̂_prev. 3rd order: φ_2 d_1 - φ_3 d_2 from the last three x̂.
+    The first steps fall back to lower orders, as do the last ones (DPM-Solver's ``lower_order_final``: the
+    last step, to λ_max, is 1st order, which keeps large step-size ratios r from extrapolating x̂); the last
+    step adds no noise and x = z/α is returned at λ_max.
+    """
+    if eta < 0 or not math.isfinite(eta):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    logsnrs = _resolve_grid(steps, grid, logsnr_min, logsnr_max)
+    last = len(logsnrs) - 2
+    with torch.inference_mode():
+        noise = _Noise(generator, shape[0])
+        z = _initial_noise(shape, labels, noise, device, dtype, z)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        x_prev: list[torch.Tensor] = []  # x̂ of the previous steps, newest first (at most order - 1)
+        h_prev: list[float] = []  # their step sizes h
+        for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
+            _, x = denoise(z, logsnr)
+            if callback is not None:
+                callback(i, logsnr)
+            _, sigma = _alpha_sigma_f(logsnr)
+            alpha_next, sigma_next = _alpha_sigma_f(logsnr_next)
+            h = 0.5 * (logsnr_next - logsnr)
+            eta_i = 0.0 if i == last else eta  # the last step is deterministic
+            h_eta = (1.0 + eta_i) * h
+            phi_1 = -math.expm1(-h_eta)  # 1 - e^{-(1+η)h}
+            z_next = (sigma_next / sigma * math.exp(-eta_i * h)) * z
+            z_next = z_next.add_(x, alpha=alpha_next * phi_1)
+            # lower order at the start (no history yet) and at the end (1st order on the last step, to λ_max)
+            n_prev = min(len(x_prev), order - 1, last - i)
+            if n_prev == 1 and order == 2:
+                r = h_prev[0] / h
+                z_next = z_next.add_(x - x_prev[0], alpha=alpha_next * 0.5 * phi_1 / r)
+            elif n_prev == 1:
+                r = h_prev[0] / h
+                phi_2 = 1.0 - phi_1 / h_eta  # expm1(-h_eta)/h_eta + 1
+                z_next = z_next.add_(x - x_prev[0], alpha=alpha_next * phi_2 / r)
+            elif n_prev == 2:
+                r0, r1 = h_prev[0] / h, h_prev[1] / h
+                d1_0 = (x - x_prev[0]) / r0
+                d1_1 = (x_prev[0] - x_prev[1]) / r1
+                phi_2 = 1.0 - phi_1 / h_eta
+                phi_3 = phi_2 / h_eta - 0.5
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                d1 = d1_0.add_(d2, alpha=r0)  # d1_0 + (d1_0 - d1_1) r0/(r0 + r1)
+                z_next = z_next.add_(d1, alpha=alpha_next * phi_2).add_(d2, alpha=-alpha_next * phi_3)
+            if eta_i > 0:
+                z_next = z_next.add_(noise.randn(z.shape, z.device, z.dtype),
+                                     alpha=sigma_next * math.sqrt(-math.expm1(-2.0 * eta_i * h)))
+            z = z_next
+            x_prev = [x, *x_prev][: order - 1]
+            h_prev = [h, *h_prev][: order - 1]
+        return _finish(z, logsnrs[-1], denoise.x_bound)
+
+
+def sample_dpmpp_2m(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int = 20,
+    generator: Generators = None,
+    grid: GridKind | torch.Tensor = "cosine",
+    logsnr_min: float = LOGSNR_MIN,
+    logsnr_max: float = LOGSNR_MAX,
+    clip_x: bool | float = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    z: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M), deterministic: z' = (σ'/σ) z - α' expm1(-h) D, h = (λ' - λ)/2,
+    D = (1 + 1/(2r)) x̂ - (1/(2r)) x̂_prev with r = h_prev/h (D = x̂ on the first step). Second order in h.
+    """
+    return _dpmpp_multistep(eps_fn, shape, labels, order=2, eta=0.0, steps=steps, generator=generator, grid=grid,
+                            logsnr_min=logsnr_min, logsnr_max=logsnr_max, clip_x=clip_x, device=device,
+                            dtype=dtype, z=z, callback=callback)
+
+
+def sample_dpmpp_2m_sde(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int = 20,
+    eta: float = 1.0,
+    generator: Generators = None,
+    grid: GridKind | torch.Tensor = "cosine",
+    logsnr_min: float = LOGSNR_MIN,
+    logsnr_max: float = LOGSNR_MAX,
+    clip_x: bool | float = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    z: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, §5; k-diffusion's midpoint form), noise from ``generator``:
+
+        z' = (σ'/σ) e^{-ηh} z + α' φ_1 x̂ + α' (φ_1/2r)(x̂ - x̂_prev) + σ' sqrt(1 - e^{-2ηh}) ξ,
+        φ_1 = 1 - e^{-(1+η)h}, h = (λ' - λ)/2.
+
+    η = 1 is the SDE of the paper; η = 0 gives ``sample_dpmpp_2m`` exactly.
+    """
+    return _dpmpp_multistep(eps_fn, shape, labels, order=2, eta=eta, steps=steps, generator=generator, grid=grid,
+                            logsnr_min=logsnr_min, logsnr_max=logsnr_max, clip_x=clip_x, device=device,
+                            dtype=dtype, z=z, callback=callback)
+
+
+def sample_dpmpp_3m(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int = 20,
+    generator: Generators = None,
+    grid: GridKind | torch.Tensor = "cosine",
+    logsnr_min: float = LOGSNR_MIN,
+    logsnr_max: float = LOGSNR_MAX,
+    clip_x: bool | float = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    z: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(3M), deterministic (k-diffusion's ``sample_dpmpp_3m_sde`` at η = 0), h = (λ' - λ)/2:
+
+        z' = (σ'/σ) z + α' [φ_1 x̂ + φ_2 d_1 - φ_3 d_2],  φ_1 = 1 - e^{-h}, φ_2 = 1 - φ_1/h, φ_3 = φ_2/h - 1/2,
+
+    with d_1, d_2 the first and second divided differences of the last three x̂ (r_0 = h_1/h, r_1 = h_2/h).
+    """
+    return _dpmpp_multistep(eps_fn, shape, labels, order=3, eta=0.0, steps=steps, generator=generator, grid=grid,
+                            logsnr_min=logsnr_min, logsnr_max=logsnr_max, clip_x=clip_x, device=device,
+                            dtype=dtype, z=z, callback=callback)
+
+
+def sample_heun(
+    eps_fn: EpsFn,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int = 18,
+    generator: Generators = None,
+    grid: GridKind | torch.Tensor = "edm",
+    logsnr_min: float = EDM_LOGSNR_MIN,
+    logsnr_max: float = LOGSNR_MAX,
+    clip_x: bool | float = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    z: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 1 without churn) through the eps_fn contract.
+
+    Probability-flow ODE dx/dσ = (x - D(x; σ))/σ in σ = e^{-λ/2} with x = z/α and D = x̂; since
+    x - D = σ ε̂, the slope is ε̂ itself. Per step σ → σ':
+
+        Euler:   x_e = x + (σ' - σ) ε̂(x)            (= the DDIM step z_e = α' x̂ + σ' ε̂),
+        Heun:    x'  = x + (σ' - σ) (ε̂(x) + ε̂(x_e))/2,
+
+    and the last step is Euler alone, so ``steps`` intervals cost 2·steps - 1 eps_fn calls. Written in z as
+    z' = z_e + α'(σ'_ve - σ_ve)(ε̂_e - ε̂)/2 to avoid cancellation at large σ. Defaults are EDM's: the ρ = 7
+    grid from σ_max = 80 (λ_min = -2 log 80 ≈ -8.76, z ~ N(0, I) there as in EDM) to our λ_max; with
+    λ_min = -20 that grid spends more than half its steps at σ > 80, where nothing happens.
+    """
+    logsnrs = _resolve_grid(steps, grid, logsnr_min, logsnr_max)
+    last = len(logsnrs) - 2
+    with torch.inference_mode():
+        noise = _Noise(generator, shape[0])
+        z = _initial_noise(shape, labels, noise, device, dtype, z)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
+            eps, x = denoise(z, logsnr)
+            if callback is not None:
+                callback(i, logsnr)
+            alpha, sigma = _alpha_sigma_f(logsnr)
+            alpha_next, sigma_next = _alpha_sigma_f(logsnr_next)
+            z_euler = (alpha_next * x).add_(eps, alpha=sigma_next)  # α' x̂ + σ' ε̂
+            if i == last:
+                z = z_euler
+                break
+            eps_euler, _ = denoise(z_euler, logsnr_next)
+            # α'(σ'_ve - σ_ve) = σ' - α' σ / α  (negative: σ_ve falls)
+            z = z_euler.add_(eps_euler - eps, alpha=0.5 * (sigma_next - alpha_next * sigma / alpha))
+        return _finish(z, logsnrs[-1], denoise.x_bound)
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ancestral": sample_ancestral,
     "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "heun": sample_heun,
 }
+
+STOCHASTIC_SAMPLERS = frozenset({"ancestral", "dpmpp_2m_sde"})  # draw noise at every step, not only z_0
+
+
+def nfe_per_sample(sampler: str, steps: int) -> int:
+    """eps_fn calls of one unguided run: ``steps``, or 2·steps - 1 for Heun (a guided call counts once here)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    return 2 * steps - 1 if sampler == "heun" else steps
