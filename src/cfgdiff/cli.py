@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--grid", choices=("cosine", "uniform", "edm"), default=None,
+                   help="log-SNR grid of the sampler (default: cosine; heun: edm)")
+    p.add_argument("--interval", type=_float_list, default=None, metavar="SIGMA_LO,SIGMA_HI",
+                   help="guidance interval: guide only where sigma = exp(-logsnr/2) lies in (SIGMA_LO, SIGMA_HI], "
+                        "one unguided network call per step elsewhere (Kynkaanniemi et al. 2024)")
+    p.add_argument("--eta", type=float, default=None, help="noise scale of dpmpp_2m_sde (default 1)")
+    p.add_argument("--autocast", action="store_true", help="run the network under bf16 autocast (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
 
     p = sub.add_parser("toy", help="the paper's Figure 2: exact guided densities and CFG samples, 3 Gaussians")
     p.add_argument("--w", type=_float_list, default=[0.0, 1.0, 3.0, 10.0], help="guidance weights (paper's w)")
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("toy.png"))
+    _add_eval_parsers(sub)
     return parser
 
 
@@ -239,6 +249,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     is_image = len(model.data_shape) == 3
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    from cfgdiff.contract import CountingEpsFn
+    from cfgdiff.guidance import cfg, guidance_interval_sigma
+
+    extra = {"autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile}
+    if args.grid is not None:
+        extra["grid"] = args.grid
+    if args.eta is not None:
+        if args.sampler != "dpmpp_2m_sde" or args.eta < 0:
+            raise UsageError("--eta takes a number >= 0 and only goes with --sampler dpmpp_2m_sde")
+        extra["eta"] = args.eta
+    if args.interval is not None and not (len(args.interval) == 2 and 0 <= args.interval[0] < args.interval[1]):
+        raise UsageError("--interval takes SIGMA_LO,SIGMA_HI with 0 <= SIGMA_LO < SIGMA_HI")
+    counters: list[CountingEpsFn] = []
+
+    def counted_cfg(network, weight):  # counts network calls (NFE) under the guidance wrapper
+        counters.append(CountingEpsFn(network))
+        if args.interval is not None:
+            weight = guidance_interval_sigma(weight, sigma_lo=args.interval[0], sigma_hi=args.interval[1])
+        return cfg(counters[-1], weight)
+
     samples: dict[float, torch.Tensor] = {}
     bar = _progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)", args.no_progress)
     t0 = time.perf_counter()
@@ -247,9 +277,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             samples[w] = generate_samples(
                 model, labels, w=w, sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
                 generator=generator, device=args.device, on_chunk=bar.update,
-                clip_x=False if args.no_clip else model.x_bound, **_sampler_options(args),
+                clip_x=False if args.no_clip else model.x_bound, guide=counted_cfg, **extra,
+                **_sampler_options(args),
             )
     seconds = time.perf_counter() - t0
+    nfe = sum(c.rows for c in counters) / (len(ws) * labels.shape[0])  # a guided step counts 2
     out.parent.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "class_names", ()) or tuple(str(c) for c in range(num_classes))
     if is_image:
@@ -261,7 +293,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed)
-    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s)")
+    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s, "
+          f"{nfe:g} network evaluations per sample)")
     return EXIT_OK
 
 
@@ -287,7 +320,161 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- evaluation and the classifier-guidance baseline (issue 3) -------------------------------------------
+
+
+def _add_eval_parsers(sub) -> None:
+    from cfgdiff.data import DATASETS
+
+    p = sub.add_parser("eval", help="FID and IS across guidance weights: table, trade-off plots, sample grids")
+    p.add_argument("run_dir", type=Path, help="run directory of a trained diffusion model")
+    p.add_argument("--w", type=_float_list, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0],
+                   help="guidance weights in the paper's convention (default 0,0.1,0.2,0.3,0.5,1,2,4)")
+    p.add_argument("--n", type=int, default=2000, help="samples per w, class-balanced (default 2000)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=128)
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
+    p.add_argument("--v-interp", type=_unit_float("--v-interp"), default=0.3, help="the paper's v (ancestral only)")
+    p.add_argument("--guidance", default="cfg",
+                   help="cfg: (1+w) eps(z,c) - w eps(z); classifier: eps(z,c) - w sigma grad log p_phi(c|z)")
+    p.add_argument("--classifier", type=Path, default=None, help="noisy-classifier run dir (--guidance classifier)")
+    p.add_argument("--inception-weights", type=Path, default=None,
+                   help="FID Inception-v3 weights file (needs the 'inception' extra); default: the data set's "
+                        "own feature classifier (digits)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=250, help="rows per sampling chunk")
+    p.add_argument("--grid-per-class", type=_positive_int("--grid-per-class"), default=8)
+    p.add_argument("--no-clip", action="store_true", help="do not clip x̂ to the data range")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default RUN_DIR/eval/GUIDANCE-SAMPLER-TSTEPS)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train-classifier", help="train the noisy classifier p_phi(c | z_lambda) of classifier guidance")
+    p.add_argument("--data", choices=sorted(k for k in DATASETS if k != "gmm2d"), default="digits")
+    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/DATA-classifier)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=2000)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--base-channels", type=_positive_int("--base-channels"), default=16)
+    p.add_argument("--logsnr-schedule", choices=("cosine", "uniform"), default="cosine",
+                   help="training λ distribution (use the diffusion run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _eval_command_line(args: argparse.Namespace) -> str:
+    parts = ["cfgdiff eval", str(args.run_dir), "--w", ",".join(f"{w:g}" for w in args.w), "--n", str(args.n),
+             "--steps", str(args.steps), "--sampler", args.sampler, "--seed", str(args.seed),
+             "--batch-size", str(args.batch_size), "--guidance", args.guidance]
+    if args.sampler == "ancestral":
+        parts += ["--v-interp", f"{args.v_interp:g}"]
+    if args.classifier is not None:
+        parts += ["--classifier", str(args.classifier)]
+    if args.inception_weights is not None:
+        parts += ["--inception-weights", str(args.inception_weights)]
+    if args.no_clip:
+        parts.append("--no-clip")
+    return " ".join(parts)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cfgdiff.checkpoint import read_metadata
+    from cfgdiff.data import load_dataset
+    from cfgdiff.evaluation import run_sweep, write_sweep
+    from cfgdiff.features import feature_extractor_for
+    from cfgdiff.metrics import fid_floor, reference_statistics
+    from cfgdiff.training import CHECKPOINT_FILE, load_model
+
+    if args.n < 2:
+        raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
+    if args.guidance not in ("cfg", "classifier"):
+        raise UsageError(f"--guidance must be cfg or classifier, got {args.guidance!r}")
+    if args.guidance == "classifier" and args.classifier is None:
+        raise UsageError("--guidance classifier needs --classifier RUN_DIR (train one with cfgdiff train-classifier)")
+    if args.classifier is not None and args.guidance != "classifier":
+        raise UsageError("--classifier is only used with --guidance classifier")
+    if args.inception_weights is not None and not args.inception_weights.is_file():
+        raise UsageError(f"--inception-weights: no file at {args.inception_weights}")
+    log_prob_fn = None
+    classifier_line = ""
+    if args.guidance == "classifier":
+        from cfgdiff.classifier import describe, load_classifier
+
+        classifier = load_classifier(args.classifier, device=args.device)
+        log_prob_fn = classifier.log_prob_fn
+        classifier_line = f"- classifier: {args.classifier} ({describe(classifier.train_meta)})"
+    ckpt = args.run_dir / CHECKPOINT_FILE if args.run_dir.is_dir() else args.run_dir
+    meta = read_metadata(ckpt)
+    data = meta.get("data", "")
+    model = load_model(args.run_dir, ema=not args.raw_weights, device=args.device)
+    if log_prob_fn is not None and tuple(classifier.data_shape) != tuple(model.data_shape):
+        raise UsageError(f"the classifier takes {tuple(classifier.data_shape)}, the model makes "
+                         f"{tuple(model.data_shape)}")
+    extractor = feature_extractor_for(data, args.inception_weights)
+    reference = reference_statistics(data, "train", extractor)
+    floor = fid_floor(data, extractor)
+    out = args.out if args.out is not None else (
+        args.run_dir / "eval" / f"{args.guidance}-{args.sampler}-T{args.steps}")
+    sampler_kwargs = {"v_interp": args.v_interp} if args.sampler == "ancestral" else {}
+    total = len(args.w) * args.n
+    bar = _progress(total, f"eval ({args.guidance}, {args.sampler}, {args.steps} steps)", args.no_progress)
+    t0 = time.perf_counter()
+    with bar:
+        result = run_sweep(model, args.w, n=args.n, steps=args.steps, extractor=extractor, reference=reference,
+                           sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
+                           guidance=args.guidance, log_prob_fn=log_prob_fn, grid_per_class=args.grid_per_class,
+                           device=args.device, on_chunk=bar.update,
+                           clip_x=False if args.no_clip else model.x_bound, **sampler_kwargs)
+    seconds = time.perf_counter() - t0
+    result.meta.update({"fid_floor": floor, "floor_count": len(load_dataset(data, "test")),
+                        "seconds": seconds, "command": _eval_command_line(args), "run_dir": str(args.run_dir),
+                        "train_step": int(meta.get("step", 0)),
+                        "p_uncond": meta.get("train_config", {}).get("p_uncond")})
+    header = [f"- command: `{result.meta['command']}`",
+              f"- model: {args.run_dir} (step {result.meta['train_step']}, p_uncond {result.meta['p_uncond']})",
+              f"- {args.n} samples per w (class-balanced), {args.steps} {args.sampler} steps, seed {args.seed}; "
+              f"sweep wall time {seconds:.0f} s"]
+    if classifier_line:
+        header.append(classifier_line)
+    title = f"{'Classifier-free' if args.guidance == 'cfg' else 'Classifier'} guidance sweep, {data}"
+    names = tuple(getattr(model, "class_names", ())) or None
+    paths = write_sweep(result, out, title=title, class_names=names, header_lines=header)
+    fid_name, is_name = result.meta["fid_name"], result.meta["is_name"]
+    print(f"{fid_name} floor (test vs train split): {floor:.3f}")
+    for row in result.rows:
+        print(f"w = {row.w:g}: {fid_name} = {row.fid:.3f}, {is_name} = {row.inception_score:.3f} "
+              f"(n = {row.n}, NFE/sample = {row.nfe_per_sample:g}, {row.seconds_per_sample * 1e3:.1f} ms/sample)")
+    print(f"wrote {paths['csv']}, {paths['md'].name}, {paths['tradeoff'].name}, {paths['vs_w'].name} and "
+          f"{len(result.grids)} grids in {out / 'grids'} ({seconds:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from cfgdiff.classifier import ClassifierConfig, describe, train_classifier
+
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{args.data}-classifier"
+    config = ClassifierConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              base_channels=args.base_channels, logsnr_schedule=args.logsnr_schedule, seed=args.seed)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other")
+    bar = _progress(args.steps, "train-classifier", args.no_progress)
+    t0 = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(step - bar.n)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    with bar:
+        _, meta = train_classifier(config, run_dir, resume=args.resume, overwrite=args.overwrite, on_step=on_step)
+    print(f"done: {describe(meta)}; {time.perf_counter() - t0:.0f} s; checkpoint in {run_dir}")
+    return EXIT_OK
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "toy": cmd_toy}
+COMMANDS.update({"eval": cmd_eval, "train-classifier": cmd_train_classifier})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -351,3 +351,75 @@ def toy_guidance_figure(
     axes[1, 0].set_ylabel("samples", fontsize=10)
     axes[1, 0].legend(loc="lower left", fontsize=7, markerscale=3, framealpha=0.8)
     _save(fig, path)
+
+
+# -- FID / IS trade-off curves ----------------------------------------------------------------------------
+
+Curve = tuple[Sequence[float], Sequence[float], Sequence[float]]  # (ws, fids, inception scores)
+
+
+def tradeoff_plot(
+    curves: Mapping[str, Curve],
+    path: str | os.PathLike,
+    *,
+    fid_label: str = "FID",
+    is_label: str = "IS",
+    fid_floor: float | None = None,
+    title: str | None = None,
+) -> None:
+    """FID against IS, one line per curve (e.g. classifier-free vs classifier guidance), points labelled by w.
+
+    The paper's trade-off: as w grows IS rises (right) and FID first falls then rises (up). A dashed line marks
+    the FID floor (test split against training split) when given.
+    """
+    if not curves:
+        raise ValueError("no curves to draw")
+    fig = Figure(figsize=(6.4, 4.8), dpi=_DPI, facecolor="white")
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (name, (ws, fids, scores)) in enumerate(curves.items()):
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        ax.plot(scores, fids, "-o", color=color, markersize=4, label=name)
+        for w, fid, score in zip(ws, fids, scores, strict=True):
+            ax.annotate(f"{float(w):g}", (score, fid), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                        color=color)
+    if fid_floor is not None:
+        ax.axhline(fid_floor, color="gray", linestyle="--", linewidth=1, label=f"floor (test vs train) {fid_floor:.2f}")
+    ax.set_xlabel(is_label)
+    ax.set_ylabel(fid_label)
+    ax.set_title(title or "FID / IS trade-off (points labelled by w)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def metrics_vs_w_plot(
+    curves: Mapping[str, Curve],
+    path: str | os.PathLike,
+    *,
+    fid_label: str = "FID",
+    is_label: str = "IS",
+    fid_floor: float | None = None,
+    title: str | None = None,
+) -> None:
+    """Two panels: FID against w and IS against w (w on a symlog axis so 0 and 0.1 stay apart)."""
+    if not curves:
+        raise ValueError("no curves to draw")
+    fig = Figure(figsize=(10, 4), dpi=_DPI, facecolor="white")
+    ax_fid, ax_is = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, (name, (ws, fids, scores)) in enumerate(curves.items()):
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        ax_fid.plot(ws, fids, "-o", color=color, markersize=4, label=name)
+        ax_is.plot(ws, scores, "-o", color=color, markersize=4, label=name)
+    if fid_floor is not None:
+        ax_fid.axhline(fid_floor, color="gray", linestyle="--", linewidth=1, label="floor (test vs train)")
+    for ax, label in ((ax_fid, fid_label), (ax_is, is_label)):
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
