@@ -230,7 +230,9 @@ def _sampler_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from cfgdiff.contract import CountingEpsFn
     from cfgdiff.generate import generate_samples
+    from cfgdiff.guidance import cfg, guidance_interval_sigma
     from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
     from cfgdiff.toy import GaussianMixture
     from cfgdiff.training import load_model
@@ -248,10 +250,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a .png path, got {out}")
     is_image = len(model.data_shape) == 3
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    from cfgdiff.contract import CountingEpsFn
-    from cfgdiff.guidance import cfg, guidance_interval_sigma
-
     extra = {"autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile}
     if args.grid is not None:
         extra["grid"] = args.grid
@@ -276,7 +274,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for w in ws:
             samples[w] = generate_samples(
                 model, labels, w=w, sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
-                generator=generator, device=args.device, on_chunk=bar.update,
+                seed=args.seed, device=args.device, on_chunk=bar.update,  # same noise in every w panel
                 clip_x=False if args.no_clip else model.x_bound, guide=counted_cfg, **extra,
                 **_sampler_options(args),
             )
@@ -307,11 +305,10 @@ def cmd_toy(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a .png path, got {args.out}")
     mixture = GaussianMixture.three_gaussians()
     labels = torch.arange(mixture.num_classes).repeat_interleave(args.n_per_class)
-    generator = torch.Generator().manual_seed(args.seed)
     samples = {}
     for w in args.w:
         x = generate_samples(mixture, labels, w=w, sampler=args.sampler, steps=args.steps,
-                             batch_size=labels.shape[0], generator=generator, dtype=torch.float64,
+                             batch_size=labels.shape[0], seed=args.seed, dtype=torch.float64,
                              **_sampler_options(args))
         samples[w] = (x.numpy(), labels.numpy())
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -473,8 +470,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "toy": cmd_toy}
-COMMANDS.update({"eval": cmd_eval, "train-classifier": cmd_train_classifier})
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "toy": cmd_toy, "eval": cmd_eval,
+            "train-classifier": cmd_train_classifier}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
