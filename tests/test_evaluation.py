@@ -8,8 +8,8 @@ import torch
 
 from cfgdiff.classifier import ClassifierConfig, train_classifier
 from cfgdiff.cli import main
-from cfgdiff.evaluation import balanced_labels, classifier_guide, run_sweep, sample_chunks
-from cfgdiff.generate import generate_samples
+from cfgdiff.evaluation import balanced_labels, classifier_guide, run_sweep
+from cfgdiff.generate import generate_samples, iter_samples
 from cfgdiff.guidance import cfg
 from cfgdiff.metrics import ReferenceStats, feature_statistics, inception_score
 from cfgdiff.toy import GaussianMixture
@@ -30,10 +30,10 @@ class ExactMixtureFeatures:
         return x, probs
 
 
-def test_sample_chunks_equal_generate_samples_with_the_same_seed():
+def test_iter_samples_chunks_equal_generate_samples_with_the_same_seed():
     mixture = GaussianMixture.three_gaussians()
     labels = balanced_labels(50, mixture.num_classes)
-    chunks = list(sample_chunks(mixture, labels, w=1.0, steps=8, seed=7, batch_size=16, dtype=torch.float64))
+    chunks = list(iter_samples(mixture, labels, w=1.0, steps=8, seed=7, batch_size=16, dtype=torch.float64))
     assert [c.shape[0] for c in chunks] == [16, 16, 16, 2]
     whole = generate_samples(mixture, labels, w=1.0, steps=8, seed=7, batch_size=50, dtype=torch.float64)
     torch.testing.assert_close(torch.cat(chunks), whole, rtol=0, atol=1e-12)
@@ -65,9 +65,9 @@ def test_classifier_guidance_with_exact_classifier_equals_cfg_through_eval(sampl
     assert scores[0] < scores[1] < scores[2]
     # and the samples themselves agree, not only their statistics
     labels = balanced_labels(60, 3)
-    x_cfg = torch.cat(list(sample_chunks(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
+    x_cfg = torch.cat(list(iter_samples(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
                                          dtype=torch.float64, guide=cfg)))
-    x_cls = torch.cat(list(sample_chunks(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
+    x_cls = torch.cat(list(iter_samples(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
                                          dtype=torch.float64, guide=classifier_guide(mixture.log_prob_fn))))
     torch.testing.assert_close(x_cls, x_cfg, rtol=1e-9, atol=1e-9)
 

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfgdiff.contract import CountingEpsFn, EpsFn, check_labels
+from cfgdiff.contract import CountingEpsFn, EpsFn
 from cfgdiff.features import FeatureExtractor
-from cfgdiff.generate import sample_generators
+from cfgdiff.generate import iter_samples
 from cfgdiff.guidance import GuidanceWeight, LogProbFn, cfg, classifier_guidance
 from cfgdiff.metrics import FeatureAccumulator, ReferenceStats, frechet_distance, inception_score, metric_names
-from cfgdiff.samplers import SAMPLERS
 
 GuideFn = Callable[[EpsFn, GuidanceWeight], EpsFn]
 
@@ -67,51 +66,6 @@ def classifier_guide(log_prob_fn: LogProbFn) -> GuideFn:
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """Labels i mod K for i < n: every chunk of K consecutive samples holds each class once."""
     return torch.arange(n, dtype=torch.long) % num_classes
-
-
-def sample_chunks(
-    eps_fn: EpsFn,
-    labels: torch.Tensor,
-    *,
-    w: float,
-    steps: int,
-    sampler: str = "ancestral",
-    seed: int = 0,
-    batch_size: int = 256,
-    guide: GuideFn = cfg,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    **sampler_kwargs: Any,
-) -> Iterator[torch.Tensor]:
-    """Samples for ``labels`` at weight w, yielded chunk by chunk ([≤ batch_size, *data_shape] on the CPU).
-
-    The same loop as ``cfgdiff.generate.generate_samples(..., seed=seed)``, sample i drawing from its own
-    stream ``sample_seed(seed, i)``, so the concatenated chunks equal that call's output; only one chunk is
-    held at a time.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_labels(labels, eps_fn.num_classes, allow_null=True)
-    data_shape = _data_shape(eps_fn)
-    guided = guide(eps_fn, w)
-    for start in range(0, labels.shape[0], batch_size):
-        chunk = labels[start:start + batch_size].to(device)
-        stop = start + chunk.shape[0]
-        x = SAMPLERS[sampler](guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
-                              generator=sample_generators(seed, start, stop, device), device=device, dtype=dtype,
-                              **sampler_kwargs)
-        yield x.to("cpu")
-
-
-def _data_shape(eps_fn: Any) -> tuple[int, ...]:
-    """``data_shape`` of the eps_fn or of the one it wraps."""
-    while eps_fn is not None:
-        if hasattr(eps_fn, "data_shape"):
-            return tuple(eps_fn.data_shape)
-        eps_fn = getattr(eps_fn, "eps_fn", None)
-    raise ValueError("the eps_fn has no data_shape")
 
 
 @dataclass
@@ -181,7 +135,7 @@ def run_sweep(
         seconds = 0.0
         offset = 0
         t_start = time.perf_counter()
-        for x in sample_chunks(counting, labels, w=float(w), steps=steps, sampler=sampler, seed=seed,
+        for x in iter_samples(counting, labels, w=float(w), steps=steps, sampler=sampler, seed=seed,
                                batch_size=batch_size, guide=guide, device=device, **sampler_kwargs):
             seconds += time.perf_counter() - t_start
             acc.add(x)

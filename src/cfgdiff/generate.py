@@ -16,7 +16,7 @@ an optional ``torch.compile`` of the network. The guidance and the sampler arith
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -127,7 +127,7 @@ def _data_shape(eps_fn: Any) -> tuple[int, ...]:
     raise ValueError("the eps_fn has no data_shape; pass data_shape=")
 
 
-def generate_samples(
+def iter_samples(
     eps_fn: EpsFn,
     labels: torch.Tensor,
     *,
@@ -144,10 +144,10 @@ def generate_samples(
     autocast: bool = False,
     channels_last: bool = False,
     compile_network: bool | str = False,
-    on_chunk: Callable[[int], None] | None = None,
     **sampler_kwargs: Any,
-) -> torch.Tensor:
-    """x for every label: [N, *data_shape] on the CPU, the same for any ``batch_size``.
+) -> Iterator[torch.Tensor]:
+    """Samples for ``labels`` chunk by chunk: yields [<= batch_size, *data_shape] on the CPU, one chunk held at
+    a time; the chunks concatenated are the same for any ``batch_size``.
 
     ``guide(eps_fn, w)`` wraps the denoiser (classifier-free guidance by default, w in the paper's convention,
     a number or a schedule λ -> w such as ``guidance_interval``); ``sampler_kwargs`` go to the sampler
@@ -168,14 +168,33 @@ def generate_samples(
     network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
                              compile_network=compile_network)
     guided = guide(network, w)
-    out = []
     for start in range(0, labels.shape[0], batch_size):
         chunk = labels[start:start + batch_size].to(device)
         stop = start + chunk.shape[0]
         x = sample_fn(guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
                       generator=sample_generators(run_seed, start, stop, device), device=device, dtype=dtype,
                       **sampler_kwargs)
-        out.append(x.to("cpu"))
+        yield x.to("cpu")
+
+
+def generate_samples(
+    eps_fn: EpsFn,
+    labels: torch.Tensor,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """x for every label: [N, *data_shape] on the CPU, the same for any ``batch_size``.
+
+    Takes the keyword arguments of ``iter_samples`` (w, sampler, steps, batch_size, seed, guide, ...);
+    ``on_chunk(rows)`` is called after each chunk (a progress bar).
+    """
+    out = []
+    for x in iter_samples(eps_fn, labels, **kwargs):
+        out.append(x)
         if on_chunk is not None:
-            on_chunk(chunk.shape[0])
-    return torch.cat(out) if out else torch.empty(0, *data_shape)
+            on_chunk(x.shape[0])
+    if out:
+        return torch.cat(out)
+    data_shape = kwargs.get("data_shape") or _data_shape(eps_fn)
+    return torch.empty(0, *data_shape)
