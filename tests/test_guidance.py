@@ -16,6 +16,7 @@ from cfgdiff.guidance import (
 )
 from cfgdiff.samplers import sample_ancestral, sample_ddim
 from cfgdiff.toy import GaussianMixture
+from tests.helpers import RowNet
 
 
 @pytest.fixture
@@ -59,24 +60,8 @@ def test_classifier_guidance_works_under_inference_mode(gm):
     torch.testing.assert_close(got, expected)
 
 
-class _Net(torch.nn.Module):
-    """A small nonlinear eps_fn whose rows are independent (so batching cannot change results)."""
-
-    def __init__(self, num_classes=3, dim=2):
-        super().__init__()
-        torch.manual_seed(0)
-        self.num_classes = num_classes
-        self.emb = torch.nn.Embedding(num_classes + 1, 16)
-        self.inp = torch.nn.Linear(dim + 1, 16)
-        self.out = torch.nn.Linear(16, dim)
-
-    def forward(self, z, logsnr, labels):
-        h = torch.tanh(self.inp(torch.cat([z, logsnr[:, None] / 20], 1)) + self.emb(labels))
-        return self.out(h)
-
-
 def test_batched_cfg_equals_two_calls_and_counts_calls():
-    net = _Net().double()
+    net = RowNet().double()
     z, logsnr, labels = _inputs()
     counted = CountingEpsFn(net)
     w = 2.5
@@ -89,7 +74,7 @@ def test_batched_cfg_equals_two_calls_and_counts_calls():
 
 @pytest.mark.parametrize("sampler", [sample_ancestral, sample_ddim])
 def test_one_call_per_step_unguided_and_one_batched_call_guided(sampler):
-    net = _Net()
+    net = RowNet()
     labels = torch.tensor([0, 1, 2, 0])
     for w, rows in ((0.0, 4), (1.5, 8)):
         counted = CountingEpsFn(net)
@@ -99,7 +84,7 @@ def test_one_call_per_step_unguided_and_one_batched_call_guided(sampler):
 
 
 def test_guidance_interval_schedule_and_calls():
-    net = _Net()
+    net = RowNet()
     schedule = guidance_interval(2.0, logsnr_lo=-3.0, logsnr_hi=4.0)
     assert schedule(-3.0) == 2.0 and schedule(4.0) == 2.0 and schedule(0.0) == 2.0
     assert schedule(-3.1) == 0.0 and schedule(4.1) == 0.0
@@ -112,7 +97,7 @@ def test_guidance_interval_schedule_and_calls():
 
 
 def test_weight_validation_and_scale_convention():
-    net = _Net()
+    net = RowNet()
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError):
             cfg(net, bad)

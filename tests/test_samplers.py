@@ -6,19 +6,9 @@ import torch
 from cfgdiff.guidance import cfg
 from cfgdiff.samplers import sample_ancestral, sample_ddim
 from cfgdiff.toy import GaussianMixture
+from tests.helpers import moment_error
 
 N_PER_CLASS = 4000
-
-
-def _moment_error(gm, x, labels):
-    """Largest per-class error in mean and covariance against the mixture's exact moments."""
-    err = 0.0
-    for c in range(gm.num_classes):
-        xc = x[labels == c]
-        cov = torch.cov(xc.T)
-        err = max(err, (xc.mean(0) - gm.means[c]).abs().max().item(),
-                  (cov - torch.diag(gm.stds[c] ** 2)).abs().max().item())
-    return err
 
 
 @pytest.mark.parametrize("sampler", [sample_ancestral, sample_ddim])
@@ -29,7 +19,7 @@ def test_exact_scores_reproduce_mixture_and_error_shrinks(sampler):
     for steps in (4, 16, 128):
         x = sampler(gm, (labels.shape[0], 2), labels, steps=steps, generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64)
-        errors[steps] = _moment_error(gm, x, labels)
+        errors[steps] = moment_error(gm, x, labels)
     # sampling tolerance: 5 standard errors of a mean (s/sqrt(n)) and of a variance (s² sqrt(2/n))
     s = gm.stds.max().item()
     tol = 5 * max(s / N_PER_CLASS**0.5, s**2 * (2 / N_PER_CLASS) ** 0.5)

@@ -30,6 +30,7 @@ from cfgdiff.samplers import (
 )
 from cfgdiff.schedule import logsnr_grid
 from cfgdiff.toy import GaussianMixture
+from tests.helpers import RowNet, moment_error
 
 NEW_SOLVERS = [sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_heun]
 N_PER_CLASS = 3000
@@ -38,17 +39,6 @@ N_PER_CLASS = 3000
 @pytest.fixture(scope="module")
 def gm():
     return GaussianMixture.three_gaussians()
-
-
-def _moment_error(gm, x, labels):
-    """Largest per-class error in mean and covariance against the mixture's exact moments."""
-    err = 0.0
-    for c in range(gm.num_classes):
-        xc = x[labels == c]
-        cov = torch.cov(xc.T)
-        err = max(err, (xc.mean(0) - gm.means[c]).abs().max().item(),
-                  (cov - torch.diag(gm.stds[c] ** 2)).abs().max().item())
-    return err
 
 
 def test_new_solvers_are_registered():
@@ -65,7 +55,7 @@ def test_exact_scores_reproduce_mixture_as_steps_grow(gm, sampler):
     for steps in (3, 32):
         x = sampler(gm, (labels.shape[0], 2), labels, steps=steps, generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64)
-        errors[steps] = _moment_error(gm, x, labels)
+        errors[steps] = moment_error(gm, x, labels)
     # sampling tolerance: 5 standard errors of a mean (s/sqrt(n)) and of a variance (s² sqrt(2/n))
     s = gm.stds.max().item()
     tol = 5 * max(s / N_PER_CLASS**0.5, s**2 * (2 / N_PER_CLASS) ** 0.5)
@@ -129,25 +119,10 @@ def _evaluation_logsnrs(name, grid):
     return lams + [float(v) for v in grid[1:-1]] if name == "heun" else lams
 
 
-class _RowNet(torch.nn.Module):
-    """A small nonlinear eps_fn whose rows are independent."""
-
-    def __init__(self, num_classes=3, dim=2):
-        super().__init__()
-        torch.manual_seed(0)
-        self.num_classes = num_classes
-        self.emb = torch.nn.Embedding(num_classes + 1, 16)
-        self.inp = torch.nn.Linear(dim + 1, 16)
-        self.out = torch.nn.Linear(16, dim)
-
-    def forward(self, z, logsnr, labels):
-        return self.out(torch.tanh(self.inp(torch.cat([z, logsnr[:, None] / 20], 1)) + self.emb(labels)))
-
-
 @pytest.mark.parametrize("name", ["ddim", "ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "heun"])
 def test_interval_saves_exactly_the_calls_outside_it(name):
     """Inside the interval a step is one call of 2B rows, outside one call of B rows: rows = B (n + n_in)."""
-    net, batch, steps = _RowNet(), 4, 12
+    net, batch, steps = RowNet(), 4, 12
     labels = torch.tensor([0, 1, 2, 0])
     sigma_lo, sigma_hi = 0.3, 3.0
     schedule = guidance_interval_sigma(2.0, sigma_lo=sigma_lo, sigma_hi=sigma_hi)
