@@ -16,7 +16,10 @@ Sections (``--sections``, comma-separated; all by default):
   package ``__init__``, which needs torchvision);
 * ``quality``: FID / IS (``cfgdiff.metrics`` with the digits-classifier features when available, else a
   pixel-space Fréchet distance, named as such) of DPM-Solver++(2M) at 10/15/20/25 steps and of the guidance
-  interval against the paper's ancestral sampler at 256 steps, at the same w values.
+  interval against the paper's ancestral sampler at 256 steps, at the same w values;
+* ``lucidrains_quality`` (only when named): the trained digits model inside lucidrains' own GaussianDiffusion
+  loops (1000-step ancestral ``p_sample_loop`` and 250-step DDIM ``ddim_sample``) through an adapter, against
+  cfgdiff's few-step solvers and guidance interval: FID / IS and images per second at equal w, samples, labels.
 
 Writes ``--out`` (Markdown) and the same rows as CSV beside it; prints the tables as it goes.
 """
@@ -47,7 +50,7 @@ from cfgdiff.models import UNet
 from cfgdiff.samplers import sample_ddim
 from cfgdiff.schedule import logsnr_grid
 
-ALL_SECTIONS = ("speed", "guided", "chunks", "lucidrains", "quality")
+ALL_SECTIONS = ("speed", "guided", "chunks", "lucidrains", "quality")  # + "lucidrains_quality", by name
 
 
 # -- instruments ---------------------------------------------------------------------------------------
@@ -321,6 +324,147 @@ def section_lucidrains(rep: Report, args) -> None:
     rep.text(f"Unclipped, the two DDIM loops give the same images: max |Δx| / max |x| = {rel:.1e} (float32).")
 
 
+class CfgdiffAsLucidrainsUnet(torch.nn.Module):
+    """cfgdiff's trained ε-network behind the interface lucidrains' ``GaussianDiffusion`` drives.
+
+    Its forward maps (x_t, t, classes) to our ε at λ_t = log(ᾱ_t / (1 - ᾱ_t)) from the diffusion's own ᾱ table
+    (x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε is exactly our variance-preserving latent at λ_t); its "dropped"
+    pass (``cond_drop_prob=1``) uses our null label K. ``forward_with_cond_scale`` is lucidrains' own method
+    with remove_parallel_component=False and rescaled_phi=0: (1 + w) ε_c - w ε_u with cond_scale = w + 1.
+    """
+
+    def __init__(self, net, ddp) -> None:
+        super().__init__()
+        self.net, self.ddp = net, ddp
+        self.num_classes = net.num_classes
+        self.channels = self.out_dim = net.data_shape[0]
+        self.self_condition = False
+        self.random_or_learned_sinusoidal_cond = False
+        self.cond_drop_prob = 0.0
+        self.logsnr_table: torch.Tensor | None = None
+        self.rows = 0
+
+    def attach(self, diffusion) -> None:
+        ac = diffusion.alphas_cumprod.double()
+        self.logsnr_table = (torch.log(ac) - torch.log1p(-ac)).float()
+
+    def forward(self, x, time, classes, cond_drop_prob=0.0, cond_keep_mask=None):
+        labels = classes.long()
+        drop = torch.full_like(labels, cond_drop_prob >= 1.0, dtype=torch.bool)
+        if cond_keep_mask is not None:
+            drop |= ~cond_keep_mask
+        labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        self.rows += x.shape[0]
+        return self.net(x, self.logsnr_table[time.long()].to(x.dtype), labels)
+
+    def forward_with_cond_scale(self, *args, cond_scale=1.0, rescaled_phi=0.0, **kwargs):
+        if cond_scale == 1:  # lucidrains returns a bare tensor here, which its model_predictions cannot unpack
+            out = self.forward(*args, cond_drop_prob=0.0)
+            return out, out
+        return self.ddp.Unet.forward_with_cond_scale(self, *args, cond_scale=cond_scale, rescaled_phi=0.0,
+                                                     remove_parallel_component=False)
+
+
+def section_lucidrains_quality(rep: Report, net, args) -> None:
+    try:
+        ddp, version = _load_lucidrains(args.lucidrains_path)
+    except (ImportError, FileNotFoundError) as err:
+        rep.text(f"## lucidrains quality: skipped ({err})")
+        return
+    fid_name, is_name, metric = _quality_metric(args)
+    n, chunk, shape = args.lq_n, DEFAULT_BATCH_SIZE, tuple(net.data_shape)
+    labels = torch.arange(n) % 10
+    sigma_lo, sigma_hi = args.interval
+    adapter = CfgdiffAsLucidrainsUnet(net, ddp).eval()
+    diffusions = {}
+    for steps in args.lq_lucidrains_steps:  # 1000 = its ancestral p_sample_loop, fewer = its DDIM
+        d = ddp.GaussianDiffusion(adapter, image_size=shape[-1], timesteps=1000, sampling_timesteps=steps,
+                                  objective="pred_noise", beta_schedule=args.lq_beta_schedule,
+                                  ddim_sampling_eta=args.lq_ddim_eta).eval()
+        diffusions[steps] = d
+    adapter.attach(diffusions[args.lq_lucidrains_steps[0]])
+    lam = adapter.logsnr_table
+    rep.text(f"## Equal-FID speed against lucidrains' own loops (denoising-diffusion-pytorch {version}, trained "
+             f"digits model; {n} samples, {n // 10} per class, {fid_name}, {is_name})")
+    rep.text(f"lucidrains `GaussianDiffusion(timesteps=1000, beta_schedule='{args.lq_beta_schedule}', "
+             f"objective='pred_noise')` drives cfgdiff's trained ε-net through an adapter (ε at λ_t = "
+             f"log(ᾱ_t / (1 - ᾱ_t)), λ from {float(lam[0]):.2f} at t = 0 to {float(lam[-1]):.2f} at t = 999; "
+             "null pass = label 10; its `forward_with_cond_scale` with remove_parallel_component=False, "
+             "rescaled_phi=0), x̂ clipped to [-1, 1] (its default), its [-1, 1] → [0, 1] output mapped back. "
+             f"1000 steps = `p_sample_loop` (ancestral); fewer = `ddim_sample` (η = {args.lq_ddim_eta}). "
+             f"Both sides sample in chunks of {chunk}; cfgdiff guides with one batched call of 2B rows.")
+    rows = []
+    for w in args.lq_w:
+        configs = [("lucidrains", s, w) for s in args.lq_lucidrains_steps]
+        if args.lq_ddim_unclipped:  # its DDIM with clip_denoised=False: no clipped-x̂ / kept-ε̂ mismatch
+            configs += [("lucidrains_unclipped", s, w) for s in args.lq_lucidrains_steps if s < 1000]
+        configs += [("dpmpp_2m", s, w) for s in args.lq_steps]
+        configs += [("dpmpp_2m_sde", s, w) for s in args.lq_sde_steps]
+        if w > 0:
+            configs += [("dpmpp_2m", s, guidance_interval_sigma(w, sigma_lo=sigma_lo, sigma_hi=sigma_hi))
+                        for s in args.lq_interval_steps]
+        for seed in args.lq_seeds:
+            for sampler, steps, weight in configs:
+                if seed != args.lq_seeds[0] and not (sampler == "lucidrains" and steps in args.lq_reseed_lucidrains
+                                                     or not sampler.startswith("lucidrains")):
+                    continue
+                t0 = time.perf_counter()
+                if sampler.startswith("lucidrains"):
+                    d = diffusions[steps]
+                    adapter.rows = 0
+                    torch.manual_seed(seed)
+                    outs = []
+                    with torch.inference_mode():
+                        for i in range(0, n, chunk):
+                            lab = labels[i:i + chunk]
+                            loop = d.p_sample_loop if steps == d.num_timesteps else d.ddim_sample
+                            kw = {"clip_denoised": False} if sampler.endswith("unclipped") else {}
+                            outs.append(loop(lab, (lab.shape[0], *shape), cond_scale=w + 1.0, rescaled_phi=0.0, **kw))
+                    x = torch.cat(outs) * 2 - 1
+                    nfe = adapter.rows / n
+                    name = "lucidrains p_sample_loop" if steps == d.num_timesteps else "lucidrains ddim_sample"
+                    name += " (unclipped)" if sampler.endswith("unclipped") else ""
+                else:
+                    timed = TimedEpsFn(net)
+                    x = generate_samples(timed, labels, data_shape=shape, w=weight, sampler=sampler, steps=steps,
+                                         batch_size=chunk, seed=seed, clip_x=True)
+                    nfe = timed.rows / n
+                    name = f"cfgdiff {sampler}"
+                wall = time.perf_counter() - t0
+                fid, isc = metric(x)
+                mode = f"interval ({sigma_lo}, {sigma_hi}]" if callable(weight) else "full"
+                rows.append({"w": w, "seed": seed, "sampler": name, "steps": steps, "guidance": mode,
+                             "nfe_per_image": nfe, "fid": fid, "is": isc, "wall_s": wall, "images_per_s": n / wall})
+                print(f"  w={w} seed={seed} {name} {steps} {mode}: FID {fid:.3g} IS {isc:.3g} ({wall:.1f} s)",
+                      flush=True)
+    for row in rows:
+        refs = [r for r in rows if r["w"] == row["w"] and r["seed"] == row["seed"] and r["sampler"].startswith("luc")
+                and "unclipped" not in r["sampler"]]
+        for ref in refs:
+            key = "x_vs_lucidrains_" + ("ancestral" if "p_sample" in ref["sampler"] else f"ddim{ref['steps']}")
+            row[key] = row["images_per_s"] / ref["images_per_s"]
+    # Faithful adapter? Unclipped, lucidrains' DDIM loop and cfgdiff's sample_ddim on the same λ points are the
+    # same arithmetic on the same network: compare the images (4 rows, 20 steps, the first w).
+    few, w0, d = 4, args.lq_w[0], ddp.GaussianDiffusion(adapter, image_size=shape[-1], timesteps=1000,
+                                                         sampling_timesteps=20, beta_schedule=args.lq_beta_schedule,
+                                                         ddim_sampling_eta=0.0).eval()
+    times = list(reversed(torch.linspace(-1, 999, steps=21).int().tolist()))[:-1]
+    grid = torch.cat([adapter.logsnr_table.double()[times], torch.tensor([20.0], dtype=torch.float64)])
+    torch.manual_seed(3)
+    z = torch.randn(few, *shape)
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        theirs = d.ddim_sample(labels[:few], (few, *shape), cond_scale=w0 + 1.0, rescaled_phi=0.0,
+                               clip_denoised=False) * 2 - 1
+        ours = sample_ddim(cfg(net, w0), (few, *shape), labels[:few], grid=grid, z=z, clip_x=False)
+    rel = float((ours - theirs).abs().max() / theirs.abs().max())
+    rep.text(f"Adapter check: unclipped, lucidrains' ddim_sample and cfgdiff's sample_ddim on the same 20 λ points "
+             f"give the same images at w = {w0}: max |Δx| / max |x| = {rel:.1e} (float32).")
+    ratio_cols = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
+    rep.table("lucidrains_quality", rows, ["w", "seed", "sampler", "steps", "guidance", "nfe_per_image", "fid", "is",
+                                           "wall_s", "images_per_s", *ratio_cols])
+
+
 def _textbook_cfg(forward_with_cond_scale):
     def wrapped(*a, **kw):
         kw.setdefault("remove_parallel_component", False)
@@ -439,6 +583,21 @@ def main(argv=None) -> int:
     p.add_argument("--ancestral-steps", type=int, default=256, help="0 skips the ancestral reference")
     p.add_argument("--quality-samplers", default="dpmpp_2m", help="few-step samplers to score")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lq-n", type=int, default=200, help="lucidrains_quality: samples (class-balanced)")
+    p.add_argument("--lq-w", type=_floats, default=[1.0], help="lucidrains_quality: guidance weights")
+    p.add_argument("--lq-lucidrains-steps", type=_ints, default=[1000, 250],
+                   help="lucidrains_quality: its loops; 1000 = ancestral p_sample_loop, fewer = ddim_sample")
+    p.add_argument("--lq-beta-schedule", default="cosine", choices=["cosine", "linear"])
+    p.add_argument("--lq-ddim-eta", type=float, default=0.0, help="lucidrains_quality: its DDIM η (its default: 1)")
+    p.add_argument("--lq-steps", type=_ints, default=[10, 15, 20, 25], help="lucidrains_quality: dpmpp_2m steps")
+    p.add_argument("--lq-sde-steps", type=_ints, default=[25], help="lucidrains_quality: dpmpp_2m_sde steps")
+    p.add_argument("--lq-interval-steps", type=_ints, default=[15, 25],
+                   help="lucidrains_quality: dpmpp_2m + guidance interval steps")
+    p.add_argument("--lq-ddim-unclipped", action="store_true",
+                   help="lucidrains_quality: also its DDIM with clip_denoised=False")
+    p.add_argument("--lq-seeds", type=_ints, default=[0], help="lucidrains_quality: seeds (first: all rows)")
+    p.add_argument("--lq-reseed-lucidrains", type=_ints, default=[250],
+                   help="lucidrains_quality: its loops rerun at the later seeds (all cfgdiff rows are)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sampling.md"))
     args = p.parse_args(argv)
     args.samplers = [s for s in args.samplers.split(",") if s]
@@ -453,7 +612,7 @@ def main(argv=None) -> int:
     rep.text(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads, {stamp}")
     digits = None
-    if set(sections) & {"speed", "guided", "chunks", "quality"}:
+    if set(sections) & {"speed", "guided", "chunks", "quality", "lucidrains_quality"}:
         digits = cfgdiff.load_model(args.run_dir)
         rep.text(f"Digits model: {args.run_dir}, step {digits.train_step}, "
                  f"{sum(p.numel() for p in digits.parameters()) / 1e6:.2f}M parameters, {tuple(digits.data_shape)}.")
@@ -475,6 +634,8 @@ def main(argv=None) -> int:
         section_lucidrains(rep, args)
     if "quality" in sections:
         section_quality(rep, digits, args)
+    if "lucidrains_quality" in sections:
+        section_lucidrains_quality(rep, digits, args)
     rep.text(f"Total benchmark time: {time.perf_counter() - t_start:.0f} s.")
     rep.write()
     print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
