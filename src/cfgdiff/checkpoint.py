@@ -90,6 +90,16 @@ def save_checkpoint(
             os.unlink(tmp)
 
 
+def resolve_checkpoint(run_dir: str | os.PathLike, file_name: str, what: str = "checkpoint") -> Path:
+    """``run_dir/file_name`` for a run directory, or ``run_dir`` itself for a file; ``CheckpointError`` if absent."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / file_name
+    if not path.is_file():
+        raise CheckpointError(f"no {what} at {path}")
+    return path
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a cfgdiff checkpoint, without loading tensors."""
     from safetensors import safe_open

@@ -32,6 +32,7 @@ from cfgdiff.checkpoint import (
     load_checkpoint,
     load_optimizer_tensors,
     optimizer_tensors,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from cfgdiff.data import load_dataset
@@ -216,11 +217,7 @@ def train_classifier(
 
 def load_classifier(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> NoisyClassifier:
     """The EMA noisy classifier of a ``train-classifier`` run (directory or the .safetensors file)."""
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / CLASSIFIER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no noisy classifier at {path} (train one with cfgdiff train-classifier)")
+    path = resolve_checkpoint(run_dir, CLASSIFIER_FILE, "noisy classifier (train one with cfgdiff train-classifier)")
     groups, meta = load_checkpoint(path)
     if meta.get("kind") != CLASSIFIER_KIND:
         raise CheckpointError(f"{path} is not a noisy-classifier checkpoint")

@@ -36,6 +36,7 @@ from cfgdiff.checkpoint import (
     load_optimizer_tensors,
     optimizer_tensors,
     read_metadata,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from cfgdiff.data import Dataset, load_dataset
@@ -387,11 +388,7 @@ def load_model(
     ``run_dir`` may also be the checkpoint file itself. The module has ``num_classes``, ``data_shape``,
     ``class_names`` and ``x_bound`` (the data's range, the samplers' clip of x̂).
     """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+    path = resolve_checkpoint(run_dir, CHECKPOINT_FILE)
     groups, meta = load_checkpoint(path)
     if "model_config" not in meta:
         raise CheckpointError(f"{path} has no model config in its metadata")
