@@ -10,13 +10,11 @@ A hand-written discussion in reports/notes/NAME.md, if present, is appended to r
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import shutil
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from cfgdiff.evaluation import best_row, load_sweep
 from cfgdiff.plotting import metrics_vs_w_plot, tradeoff_plot
@@ -35,6 +33,21 @@ def _train_seconds(log: Path) -> str:
         return "?"
     value = next(v for v in m[-1] if v)
     return f"{int(value) / 60:.1f} min"
+
+
+def _curve(rows):
+    """(ws, FIDs, ISs) of a sweep's rows: one curve for the plotting helpers."""
+    return [r.w for r in rows], [r.fid for r in rows], [r.inception_score for r in rows]
+
+
+def _write_csv(path: Path, key: str, groups, fields: list[str]) -> None:
+    """One CSV of every row of every sweep, each row prefixed by its group's key value."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([key, *fields])
+        for value, rows in groups:
+            for r in rows:
+                writer.writerow([value, *(getattr(r, name) for name in fields)])
 
 
 def shape_check(study) -> list[str]:
@@ -111,17 +124,13 @@ def p_uncond_report(studies: dict[str, dict], out: Path, logs: Path) -> str:
             cell = _fid_is(r)
             cells.append(f"**{cell}**" if r.fid == best[k] else cell)
         lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
-    curves = {f"p_uncond = {k}": ([r.w for r in studies[k]["rows"]], [r.fid for r in studies[k]["rows"]],
-                                  [r.inception_score for r in studies[k]["rows"]]) for k in names}
+    curves = {f"p_uncond = {k}": _curve(studies[k]["rows"]) for k in names}
     floor = first["meta"].get("fid_floor")
     tradeoff_plot(curves, out / "p_uncond.png", fid_label=fid_name, is_label=is_name, fid_floor=floor,
                   title="Trade-off by p_uncond (points labelled by w)")
     metrics_vs_w_plot(curves, out / "p_uncond_vs_w.png", fid_label=fid_name, is_label=is_name, fid_floor=floor)
-    with open(out / "p_uncond.csv", "w") as f:
-        f.write("p_uncond,w,fid,inception_score,n,steps\n")
-        for k in names:
-            for r in studies[k]["rows"]:
-                f.write(f"{k},{r.w},{r.fid},{r.inception_score},{r.n},{r.steps}\n")
+    _write_csv(out / "p_uncond.csv", "p_uncond", [(k, studies[k]["rows"]) for k in names],
+               ["w", "fid", "inception_score", "n", "steps"])
     commands = "\n".join(studies[k]["meta"]["command"] + f" --out {studies[k]['dir']}" for k in names)
     timing = "\n".join(
         f"- p_uncond = {k}: training "
@@ -175,25 +184,12 @@ def steps_report(studies: dict[int, dict], out: Path) -> str:
     for t in steps:
         cells = [f"{r.nfe_per_sample:g} / {r.seconds_per_sample:.3f}" for r in studies[t]["rows"]]
         cost.append(f"| {t} | " + " | ".join(cells) + f" | {studies[t]['meta']['seconds'] / 60:.1f} min |")
-    fig = Figure(figsize=(10, 4), dpi=100, facecolor="white")
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for i, w in enumerate(ws):
-        ax1.plot(steps, [studies[t]["rows"][i].fid for t in steps], "-o", label=f"w = {w:g}")
-        ax2.plot(steps, [studies[t]["rows"][i].inception_score for t in steps], "-o", label=f"w = {w:g}")
-    for ax, label in ((ax1, fid_name), (ax2, is_name)):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sampling steps T")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    FigureCanvasAgg(fig)
-    fig.savefig(out / "steps.png")
-    with open(out / "steps.csv", "w") as f:
-        f.write("steps,w,fid,inception_score,n,nfe_per_sample,seconds_per_sample\n")
-        for t in steps:
-            for r in studies[t]["rows"]:
-                f.write(f"{t},{r.w},{r.fid},{r.inception_score},{r.n},{r.nfe_per_sample},{r.seconds_per_sample}\n")
+    curves = {f"w = {w:g}": (steps, [studies[t]["rows"][i].fid for t in steps],
+                             [studies[t]["rows"][i].inception_score for t in steps]) for i, w in enumerate(ws)}
+    metrics_vs_w_plot(curves, out / "steps.png", fid_label=fid_name, is_label=is_name,
+                      x_label="sampling steps T", x_scale="log2")
+    _write_csv(out / "steps.csv", "steps", [(t, studies[t]["rows"]) for t in steps],
+               ["w", "fid", "inception_score", "n", "nfe_per_sample", "seconds_per_sample"])
     commands = "\n".join(studies[t]["meta"]["command"] + f" --out {studies[t]['dir']}" for t in steps)
     total = sum(studies[t]["meta"]["seconds"] for t in steps) / 60
     r0 = first["rows"][0]
@@ -224,7 +220,7 @@ def classifier_report(cfg_study, cls_study, out: Path, logs: Path, classifier_di
     fid_name, is_name = cfg_study["meta"]["fid_name"], cfg_study["meta"]["is_name"]
     curves = {}
     for name, s in (("classifier-free guidance", cfg_study), ("classifier guidance", cls_study)):
-        curves[name] = ([r.w for r in s["rows"]], [r.fid for r in s["rows"]], [r.inception_score for r in s["rows"]])
+        curves[name] = _curve(s["rows"])
     floor = cfg_study["meta"].get("fid_floor")
     tradeoff_plot(curves, out / "classifier_guidance.png", fid_label=fid_name, is_label=is_name, fid_floor=floor,
                   title=f"CFG vs classifier guidance, {cfg_study['rows'][0].steps} steps (points labelled by w)")
@@ -233,13 +229,10 @@ def classifier_report(cfg_study, cls_study, out: Path, logs: Path, classifier_di
     for a, b in zip(cfg_study["rows"], cls_study["rows"], strict=True):
         lines.append(f"| {a.w:g} | {_fid_is(a)} | {a.nfe_per_sample:g}, {a.seconds_per_sample:.3f} | {_fid_is(b)} | "
                      f"{b.nfe_per_sample:g} + {b.classifier_evals_per_sample:g}, {b.seconds_per_sample:.3f} |")
-    with open(out / "classifier_guidance.csv", "w") as f:
-        f.write("guidance,w,fid,inception_score,n,steps,nfe_per_sample,classifier_evals_per_sample,"
-                "seconds_per_sample\n")
-        for s in (cfg_study, cls_study):
-            for r in s["rows"]:
-                f.write(f"{r.guidance},{r.w},{r.fid},{r.inception_score},{r.n},{r.steps},{r.nfe_per_sample},"
-                        f"{r.classifier_evals_per_sample},{r.seconds_per_sample}\n")
+    _write_csv(out / "classifier_guidance.csv", "guidance", [(st["rows"][0].guidance, st["rows"])
+                                                            for st in (cfg_study, cls_study)],
+               ["w", "fid", "inception_score", "n", "steps", "nfe_per_sample", "classifier_evals_per_sample",
+                "seconds_per_sample"])
     meta_path = classifier_dir / "classifier.safetensors"
     acc = ""
     if meta_path.is_file():
@@ -298,8 +291,7 @@ def main() -> None:
         text = tradeoff_report(have["p0.1"], args.out)
         if "short-600" in have:  # the same sweep on an undertrained model, beside the main one
             short, main_run = have["short-600"], have["p0.1"]
-            curves = {f"{name} (step {s['meta']['train_step']})": ([r.w for r in s["rows"]], [r.fid for r in s["rows"]],
-                                                                   [r.inception_score for r in s["rows"]])
+            curves = {f"{name} (step {s['meta']['train_step']})": _curve(s["rows"])
                       for name, s in (("runs/digits", main_run), ("runs/digits-600", short))}
             tradeoff_plot(curves, args.out / "tradeoff_600steps.png", fid_label=short["meta"]["fid_name"],
                           is_label=short["meta"]["is_name"], fid_floor=short["meta"].get("fid_floor"),

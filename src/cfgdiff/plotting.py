@@ -401,8 +401,11 @@ def metrics_vs_w_plot(
     is_label: str = "IS",
     fid_floor: float | None = None,
     title: str | None = None,
+    x_label: str = "guidance weight w",
+    x_scale: str = "symlog",
 ) -> None:
-    """Two panels: FID against w and IS against w (w on a symlog axis so 0 and 0.1 stay apart)."""
+    """Two panels: FID and IS against the curves' x values, by default w on a symlog axis (so 0 and 0.1 stay
+    apart). Another sweep variable works the same, e.g. ``x_label="sampling steps T", x_scale="log2"``."""
     if not curves:
         raise ValueError("no curves to draw")
     fig = Figure(figsize=(10, 4), dpi=_DPI, facecolor="white")
@@ -413,9 +416,14 @@ def metrics_vs_w_plot(
         ax_is.plot(ws, scores, "-o", color=color, markersize=4, label=name)
     if fid_floor is not None:
         ax_fid.axhline(fid_floor, color="gray", linestyle="--", linewidth=1, label="floor (test vs train)")
+    scale_kwargs = {"symlog": ("symlog", {"linthresh": 0.1}), "log2": ("log", {"base": 2}),
+                    "linear": ("linear", {})}
+    if x_scale not in scale_kwargs:
+        raise ValueError(f"x_scale must be one of {sorted(scale_kwargs)}, got {x_scale!r}")
+    scale, kwargs = scale_kwargs[x_scale]
     for ax, label in ((ax_fid, fid_label), (ax_is, is_label)):
-        ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlabel("guidance weight w")
+        ax.set_xscale(scale, **kwargs)
+        ax.set_xlabel(x_label)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
