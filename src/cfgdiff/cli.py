@@ -57,30 +57,28 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _unit_float(name: str):
-    def parse(text: str) -> float:
+def _checked(name: str, kind: type, ok, bound: str):
+    """An argparse type: parse ``text`` as ``kind`` and require ``ok(value)``, else one line naming the bound."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must lie in [0, 1], got {text}")
+            raise argparse.ArgumentTypeError(f"{name} must be {noun}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{name} must {bound}, got {text}")
         return value
 
     return parse
+
+
+def _unit_float(name: str):
+    return _checked(name, float, lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]")
 
 
 def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
+    return _checked(name, int, lambda v: v >= 1, "be >= 1")
 
 
 def _device(text: str) -> str:
