@@ -14,6 +14,23 @@ def moment_error(gm, x, labels):
     return err
 
 
+def moment_errors_by_steps(sampler, gm, n_per_class, steps_list, seed=0):
+    """{steps: moment_error} for exact-score samples of every class, same seed at each step count."""
+    labels = torch.arange(gm.num_classes).repeat_interleave(n_per_class)
+    errors = {}
+    for steps in steps_list:
+        x = sampler(gm, (labels.shape[0], gm.dim), labels, steps=steps,
+                    generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        errors[steps] = moment_error(gm, x, labels)
+    return errors
+
+
+def sampling_tolerance(gm, n_per_class):
+    """5 standard errors of a mean (s/sqrt(n)) and of a variance (s² sqrt(2/n)), whichever is larger."""
+    s = gm.stds.max().item()
+    return 5 * max(s / n_per_class**0.5, s**2 * (2 / n_per_class) ** 0.5)
+
+
 class RowNet(torch.nn.Module):
     """A small nonlinear eps_fn whose rows are independent (so batching cannot change results)."""
 

@@ -6,7 +6,7 @@ import torch
 from cfgdiff.guidance import cfg
 from cfgdiff.samplers import sample_ancestral, sample_ddim
 from cfgdiff.toy import GaussianMixture
-from tests.helpers import moment_error
+from tests.helpers import moment_errors_by_steps, sampling_tolerance
 
 N_PER_CLASS = 4000
 
@@ -14,16 +14,8 @@ N_PER_CLASS = 4000
 @pytest.mark.parametrize("sampler", [sample_ancestral, sample_ddim])
 def test_exact_scores_reproduce_mixture_and_error_shrinks(sampler):
     gm = GaussianMixture.three_gaussians()
-    labels = torch.arange(3).repeat_interleave(N_PER_CLASS)
-    errors = {}
-    for steps in (4, 16, 128):
-        x = sampler(gm, (labels.shape[0], 2), labels, steps=steps, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-        errors[steps] = moment_error(gm, x, labels)
-    # sampling tolerance: 5 standard errors of a mean (s/sqrt(n)) and of a variance (s² sqrt(2/n))
-    s = gm.stds.max().item()
-    tol = 5 * max(s / N_PER_CLASS**0.5, s**2 * (2 / N_PER_CLASS) ** 0.5)
-    assert errors[128] < tol, errors
+    errors = moment_errors_by_steps(sampler, gm, N_PER_CLASS, (4, 16, 128))
+    assert errors[128] < sampling_tolerance(gm, N_PER_CLASS), errors
     assert errors[4] > errors[16] > errors[128] or errors[4] > 2 * errors[128], errors
 
 

@@ -30,7 +30,7 @@ from cfgdiff.samplers import (
 )
 from cfgdiff.schedule import logsnr_grid
 from cfgdiff.toy import GaussianMixture
-from tests.helpers import RowNet, moment_error
+from tests.helpers import RowNet, moment_errors_by_steps, sampling_tolerance
 
 NEW_SOLVERS = [sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_heun]
 N_PER_CLASS = 3000
@@ -50,16 +50,8 @@ def test_new_solvers_are_registered():
 
 @pytest.mark.parametrize("sampler", NEW_SOLVERS, ids=lambda f: f.__name__)
 def test_exact_scores_reproduce_mixture_as_steps_grow(gm, sampler):
-    labels = torch.arange(3).repeat_interleave(N_PER_CLASS)
-    errors = {}
-    for steps in (3, 32):
-        x = sampler(gm, (labels.shape[0], 2), labels, steps=steps, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-        errors[steps] = moment_error(gm, x, labels)
-    # sampling tolerance: 5 standard errors of a mean (s/sqrt(n)) and of a variance (s² sqrt(2/n))
-    s = gm.stds.max().item()
-    tol = 5 * max(s / N_PER_CLASS**0.5, s**2 * (2 / N_PER_CLASS) ** 0.5)
-    assert errors[32] < tol, errors
+    errors = moment_errors_by_steps(sampler, gm, N_PER_CLASS, (3, 32))
+    assert errors[32] < sampling_tolerance(gm, N_PER_CLASS), errors
     assert errors[3] > errors[32], errors
 
 
