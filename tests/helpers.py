@@ -31,6 +31,18 @@ def sampling_tolerance(gm, n_per_class):
     return 5 * max(s / n_per_class**0.5, s**2 * (2 / n_per_class) ** 0.5)
 
 
+def measured_order(sampler, gm, z0, labels, reference, steps=(8, 16, 32, 64)):
+    """Least-squares slope of -log(mean per-sample error) against log(steps), and the errors."""
+    errors = []
+    for n in steps:
+        x = sampler(gm, tuple(z0.shape), labels, steps=n, z=z0, dtype=torch.float64, grid="uniform")
+        errors.append((x - reference).norm(dim=1).mean().item())
+    log_n = torch.log(torch.tensor(steps, dtype=torch.float64))
+    log_e = torch.log(torch.tensor(errors, dtype=torch.float64))
+    slope = ((log_n - log_n.mean()) * (log_e - log_e.mean())).sum() / ((log_n - log_n.mean()) ** 2).sum()
+    return -slope.item(), errors
+
+
 class RowNet(torch.nn.Module):
     """A small nonlinear eps_fn whose rows are independent (so batching cannot change results)."""
 

@@ -30,7 +30,7 @@ from cfgdiff.samplers import (
 )
 from cfgdiff.schedule import logsnr_grid
 from cfgdiff.toy import GaussianMixture
-from tests.helpers import RowNet, moment_errors_by_steps, sampling_tolerance
+from tests.helpers import RowNet, measured_order, moment_errors_by_steps, sampling_tolerance
 
 NEW_SOLVERS = [sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_heun]
 N_PER_CLASS = 3000
@@ -55,28 +55,16 @@ def test_exact_scores_reproduce_mixture_as_steps_grow(gm, sampler):
     assert errors[3] > errors[32], errors
 
 
-def _order(sampler, gm, z0, labels, reference, steps=(8, 16, 32, 64)):
-    """Least-squares slope of -log(mean per-sample error) against log(steps), and the errors."""
-    errors = []
-    for n in steps:
-        x = sampler(gm, tuple(z0.shape), labels, steps=n, z=z0, dtype=torch.float64, grid="uniform")
-        errors.append((x - reference).norm(dim=1).mean().item())
-    log_n = torch.log(torch.tensor(steps, dtype=torch.float64))
-    log_e = torch.log(torch.tensor(errors, dtype=torch.float64))
-    slope = ((log_n - log_n.mean()) * (log_e - log_e.mean())).sum() / ((log_n - log_n.mean()) ** 2).sum()
-    return -slope.item(), errors
-
-
 def test_dpmpp_2m_error_falls_faster_than_ddim(gm):
     """Per-sample ODE error against a 3M solution on 1000 uniform-λ steps from the same z: DDIM is 1st order,
     DPM-Solver++(2M), 3M and Heun are higher order (measured order > 1, 2M's above DDIM's)."""
     labels = torch.arange(3).repeat_interleave(100)
     z0 = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     reference = sample_dpmpp_3m(gm, (300, 2), labels, steps=1000, z=z0, dtype=torch.float64, grid="uniform")
-    order_ddim, err_ddim = _order(sample_ddim, gm, z0, labels, reference)
-    order_2m, err_2m = _order(sample_dpmpp_2m, gm, z0, labels, reference)
-    order_heun, _ = _order(sample_heun, gm, z0, labels, reference)
-    order_3m, _ = _order(sample_dpmpp_3m, gm, z0, labels, reference)
+    order_ddim, err_ddim = measured_order(sample_ddim, gm, z0, labels, reference)
+    order_2m, err_2m = measured_order(sample_dpmpp_2m, gm, z0, labels, reference)
+    order_heun, _ = measured_order(sample_heun, gm, z0, labels, reference)
+    order_3m, _ = measured_order(sample_dpmpp_3m, gm, z0, labels, reference)
     assert 0.7 < order_ddim < 1.3, (order_ddim, err_ddim)
     assert order_2m > 1.3 and order_2m > order_ddim + 0.4, (order_2m, err_2m)
     assert err_2m[-1] < err_ddim[-1] / 5
