@@ -150,3 +150,89 @@ def test_python_dash_m_exit_status(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "cfgdiff", "sample", "--help"], capture_output=True,
                                text=True, timeout=120).stdout
     assert "s = w + 1" in help_text and "(1+w)" in help_text
+
+
+# -- what a new user tripped over (issue 13) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "gmm2d"], ["sample", "RUN"], ["eval", "RUN"],
+                                     ["train-classifier"]])
+@pytest.mark.parametrize("dev", ["mps", "cuda:7", "xla", "nonsense"])
+def test_unavailable_device_is_one_line_and_writes_nothing(capsys, tmp_path, command, dev, digits_run):
+    os.chdir(tmp_path)
+    argv = [str(digits_run) if a == "RUN" else a for a in command]
+    _assert_usage_error(capsys, [*argv, "--device", dev], needle="device")
+    assert not any(tmp_path.iterdir())
+
+
+def _train_gmm(capsys, run_dir, *extra):
+    return _run(capsys, ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--batch-size", "16",
+                         "--no-progress", *extra])
+
+
+def test_resume_honours_optimisation_flags_and_records_them(capsys, tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    assert _train_gmm(capsys, run_dir, "--steps", "4")[0] == 0
+    code, out, err = _run(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--steps", "6",
+                                   "--lr", "0.01", "--batch-size", "8", "--no-progress"])
+    assert code == 0, err
+    assert "on gmm2d" in err and "batch 8" in err and "lr 0.01" in err  # the banner says what really runs
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["batch_size"] == 8 and config["steps"] == 6
+    events = [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e.get("event") == "resume"]
+    assert resume and resume[-1]["step"] == 4
+    assert resume[-1]["changed"] == {"steps": [4, 6], "lr": [0.001, 0.01], "batch_size": [16, 8]}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "nothing left to train"),
+    (["--steps", "3"], "nothing left to train"),
+    (["--steps", "4"], "nothing left to train"),
+    (["--data", "digits", "--steps", "8"], "--data cannot change"),
+    (["--p-uncond", "0.5", "--steps", "8"], "--p-uncond cannot change"),
+    (["--seed", "3", "--steps", "8"], "--seed cannot change"),
+    (["--base-channels", "8", "--steps", "8"], "--model cannot change"),
+])
+def test_resume_refuses_what_cannot_change_or_has_nothing_to_do(capsys, tmp_path, extra, needle):
+    run_dir = tmp_path / "run"
+    assert _train_gmm(capsys, run_dir, "--steps", "4")[0] == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    _assert_usage_error(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--no-progress", *extra],
+                        needle=needle)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing written
+
+
+def test_resume_with_the_same_data_name_is_fine(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert _train_gmm(capsys, run_dir, "--steps", "2")[0] == 0
+    assert _train_gmm(capsys, run_dir, "--steps", "3", "--resume")[0] == 0
+
+
+def test_bare_cfgdiff_prints_usage(capsys):
+    code, out, err = _run(capsys, [])
+    assert code == 2
+    assert "usage: cfgdiff" in err and "train" in err and "sample" in err
+
+
+def test_sample_prints_network_evaluations_per_w(capsys, digits_run, tmp_path):
+    code, out, _ = _run(capsys, ["sample", str(digits_run), "--w", "0,1", "--n-per-class", "1", "--steps", "3",
+                                 "--sampler", "ddim", "--out", str(tmp_path / "g.png"), "--no-progress"])
+    assert code == 0
+    assert "w = 0: 3" in out and "w = 1: 6" in out
+    assert list(np.load(tmp_path / "g.npz")["nfe_per_sample"]) == [3.0, 6.0]
+
+
+def test_help_texts_cover_every_option(capsys):
+    from cfgdiff.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"cfgdiff {name} {action.option_strings[0]} has no help text"
+    train_help = " ".join(sub.choices["train"].format_help().split())
+    assert "4000 for digits" in train_help and "128 for digits" in train_help

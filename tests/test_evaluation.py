@@ -94,12 +94,14 @@ def cache_dir(tmp_path, monkeypatch):
 
 def test_eval_writes_table_plots_and_grids(capsys, digits_run, tmp_path, cache_dir):
     out = tmp_path / "eval"
-    code, stdout, _ = _run(capsys, ["eval", str(digits_run), "--w", "0,1", "--n", "20", "--steps", "3",
-                                    "--batch-size", "8", "--grid-per-class", "1", "--out", str(out),
-                                    "--no-progress"])
+    code, stdout, err = _run(capsys, ["eval", str(digits_run), "--w", "0,1", "--n", "20", "--steps", "3",
+                                      "--batch-size", "8", "--grid-per-class", "1", "--out", str(out),
+                                      "--no-progress"])
     assert code == 0
     assert "FID (digits-classifier features)" in stdout and "IS (digits classifier)" in stdout
     assert "floor" in stdout
+    assert "warning: --n 20 is below 500" in err  # too few samples to trust: said, not silently scored
+    assert "results.json" in stdout and "grids_all.png" in stdout  # the summary names every file written
     for name in ("results.csv", "results.md", "results.json", "tradeoff.png", "metrics_vs_w.png",
                  "grids/w_0.png", "grids/w_1.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -116,6 +116,7 @@ class ClassifierConfig:
     seed: int = 0
     checkpoint_every: int = 500
     base_channels: int = 16
+    device: str = "cpu"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "base_channels"):
@@ -157,9 +158,10 @@ def train_classifier(
     train_set, test_set = load_dataset(config.data, "train"), load_dataset(config.data, "test")
     if not train_set.is_image:
         raise ValueError(f"the noisy classifier is for image data; {config.data!r} is not")
+    device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels)
-    ema = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels)
+    model = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels).to(device)
+    ema = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99))
@@ -168,11 +170,11 @@ def train_classifier(
     if resume:
         groups, meta = load_checkpoint(path)
         stored = ClassifierConfig(**meta["train_config"])
-        stored.steps = config.steps
+        stored.steps, stored.device = config.steps, config.device
         config = stored
         model.load_state_dict(groups["model"])
         ema.load_state_dict(groups["ema"])
-        load_optimizer_tensors(opt, groups["optim"])
+        load_optimizer_tensors(opt, {k: v.to(device) for k, v in groups["optim"].items()})
         generator.set_state(groups["rng"]["generator"])
         step = int(meta["step"])
 
@@ -180,7 +182,9 @@ def train_classifier(
         meta = {"kind": CLASSIFIER_KIND, "step": step, "model_config": model.config(), "data": config.data,
                 "train_config": asdict(config)}
         if final:  # held-out accuracy on noised test images at a few λ
-            meta["noisy_test_accuracy"] = {str(lam): round(noisy_accuracy(ema, test_set.x, test_set.labels, lam), 4)
+            ema_cpu = NoisyClassifier(**ema.config())
+            ema_cpu.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
+            meta["noisy_test_accuracy"] = {str(lam): round(noisy_accuracy(ema_cpu, test_set.x, test_set.labels, lam), 4)
                                            for lam in (-5.0, 0.0, 5.0)}
         save_checkpoint(path, model=model.state_dict(), ema=ema.state_dict(), optim=optimizer_tensors(opt),
                         rng={"generator": generator.get_state()}, metadata=meta)
@@ -191,10 +195,10 @@ def train_classifier(
     while step < config.steps:
         model.train()
         idx = torch.randint(0, len(train_set), (config.batch_size,), generator=generator)
-        x, labels = train_set.x[idx], train_set.labels[idx]
+        x, labels = train_set.x[idx].to(device), train_set.labels[idx].to(device)
         logsnr = sample_logsnr(x.shape[0], config.logsnr_schedule, logsnr_min=config.logsnr_min,
-                               logsnr_max=config.logsnr_max, generator=generator)
-        eps = torch.randn(x.shape, generator=generator)
+                               logsnr_max=config.logsnr_max, generator=generator).to(device)
+        eps = torch.randn(x.shape, generator=generator).to(device)
         loss = F.cross_entropy(model(diffuse(x=x, eps=eps, logsnr=logsnr), logsnr), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

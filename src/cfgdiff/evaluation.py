@@ -109,10 +109,12 @@ def run_sweep(
     grid_per_class: int = 8,
     device: torch.device | str = "cpu",
     on_chunk: Callable[[int], None] | None = None,
+    weight_schedule: Callable[[float], GuidanceWeight] | None = None,
     **sampler_kwargs: Any,
 ) -> SweepResult:
     """FID and IS of ``n`` samples at each w (see the module docstring). ``guidance``: "cfg" or "classifier"
-    (then ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels | z_λ) is required)."""
+    (then ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels | z_λ) is required). ``weight_schedule(w)``
+    turns each row's w into the weight passed to the guidance (e.g. a guidance interval around w)."""
     if n < 2:
         raise ValueError(f"need n >= 2 samples for a covariance, got {n}")
     if guidance not in ("cfg", "classifier"):
@@ -135,7 +137,8 @@ def run_sweep(
         seconds = 0.0
         offset = 0
         t_start = time.perf_counter()
-        for x in iter_samples(counting, labels, w=float(w), steps=steps, sampler=sampler, seed=seed,
+        weight = weight_schedule(float(w)) if weight_schedule is not None else float(w)
+        for x in iter_samples(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
                                batch_size=batch_size, guide=guide, device=device, **sampler_kwargs):
             seconds += time.perf_counter() - t_start
             acc.add(x)

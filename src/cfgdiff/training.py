@@ -324,7 +324,44 @@ def _truncate_loss_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    # (event lines such as {"event": "resume", ...} carry a step too and are kept or dropped the same way)
     path.write_text("".join(line + "\n" for line in kept))
+
+
+# What ``--resume`` may change. A resumed run continues the same experiment: flags that only steer the
+# optimisation or the bookkeeping may change (and the change is recorded in config.json and loss.jsonl); flags
+# that define what is learned (data, label dropout, λ distribution, architecture, seed) may not.
+RESUME_MAY_CHANGE = frozenset({"steps", "device", "lr", "batch_size", "warmup_steps", "grad_clip", "ema_decay",
+                               "weight_decay", "checkpoint_every", "log_every"})
+RESUME_FIXED = frozenset({"data", "p_uncond", "logsnr_schedule", "logsnr_min", "logsnr_max", "seed", "model"})
+
+
+def resume_config(stored: TrainConfig, changes: dict[str, Any], *, step: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config of a resumed run: ``stored`` with the explicitly asked ``changes`` applied.
+
+    Returns (config, changed) where ``changed`` maps each changed field to [old, new]. Raises ``RunDirError``
+    for a change of a field in ``RESUME_FIXED`` and when nothing is left to train (the total ``steps`` is not
+    above the checkpoint's ``step``).
+    """
+    values = stored.to_json()
+    changed: dict[str, Any] = {}
+    for name, new in changes.items():
+        if new is None or values.get(name) == new:
+            continue
+        if name in RESUME_FIXED:
+            flag = "--" + name.replace("_", "-")
+            raise RunDirError(f"{flag} cannot change on --resume (this run was trained with {values.get(name)!r}, "
+                              f"asked for {new!r}); start a new run with --run-dir or --overwrite")
+        if name not in RESUME_MAY_CHANGE:
+            raise RunDirError(f"unknown training option {name!r}")
+        changed[name] = [values.get(name), new]
+        values[name] = new
+    config = TrainConfig.from_json(values)
+    config.validate()
+    if config.steps <= step:
+        raise RunDirError(f"nothing left to train: the run is at step {step} and its total is {config.steps}; "
+                          f"pass --steps N with N > {step} to train further")
+    return config, changed
 
 
 def train(
@@ -333,19 +370,23 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    resume_changes: dict[str, Any] | None = None,
     on_step: StepHook | None = None,
     on_start: Callable[[Trainer], None] | None = None,
 ) -> Trainer:
     """Train (or continue) a run in ``run_dir``; returns the Trainer at the end.
 
-    On resume the stored config is used, except ``steps`` (the new total) and ``device`` from ``config``.
-    ``on_step(step, loss)`` is called after every step (the CLI draws its progress bar with it).
+    On resume the stored config is used with ``resume_changes`` (the options the user asked for explicitly;
+    see ``resume_config`` for which may change) applied on top; ``config`` is then ignored. Everything is
+    checked before anything is written. ``on_step(step, loss)`` is called after every step (the CLI draws its
+    progress bar with it).
     """
     run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    changed: dict[str, Any] = {}
     if resume:
         stored = TrainConfig.from_json(json.loads((run_dir / CONFIG_FILE).read_text()))
-        stored.steps, stored.device = config.steps, config.device
-        config = stored
+        step = int(read_metadata(run_dir / CHECKPOINT_FILE).get("step", 0))
+        config, changed = resume_config(stored, dict(resume_changes or {}), step=step)
     config.validate()
     dataset = load_dataset(config.data, "train")
     trainer = Trainer(config, dataset)
@@ -358,6 +399,9 @@ def train(
     checkpoint = run_dir / CHECKPOINT_FILE
     running, count, t_last = 0.0, 0, time.perf_counter()
     with open(run_dir / LOSS_FILE, "a") as log:
+        if resume:
+            log.write(json.dumps({"event": "resume", "step": trainer.step, "changed": changed}) + "\n")
+            log.flush()
         while trainer.step < config.steps:
             loss = trainer.train_step()
             running, count = running + loss, count + 1

@@ -1,0 +1,133 @@
+"""Argument types and helpers shared by the ``cfgdiff`` commands.
+
+Every type raises ``argparse.ArgumentTypeError`` with one line that names the option and the bound, which the
+parser turns into ``cfgdiff: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(message)
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated finite numbers, e.g. ``0,0.5,1``."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    for v in values:
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"guidance weights must be finite, got {v}")
+    return values
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers, e.g. ``0,3,7``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def checked(name: str, kind: type, ok: Callable[[Any], bool], bound: str) -> Callable[[str], Any]:
+    """An argparse type: parse the text as ``kind`` and require ``ok(value)``, else one line naming the bound."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {noun}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{name} must {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def unit_float(name: str) -> Callable[[str], float]:
+    """A number in [0, 1]."""
+    return checked(name, float, lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]")
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """An integer >= 1."""
+    return checked(name, int, lambda v: v >= 1, "be >= 1")
+
+
+def nonnegative_int(name: str) -> Callable[[str], int]:
+    """An integer >= 0."""
+    return checked(name, int, lambda v: v >= 0, "be >= 0")
+
+
+def positive_float(name: str) -> Callable[[str], float]:
+    """A finite number > 0."""
+    return checked(name, float, lambda v: v > 0, "be > 0")
+
+
+def nonnegative_float(name: str) -> Callable[[str], float]:
+    """A finite number >= 0."""
+    return checked(name, float, lambda v: v >= 0, "be >= 0")
+
+
+def device(text: str) -> str:
+    """A torch device that exists on this machine: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...
+
+    The device is probed by allocating one element on it, so any device torch knows but this machine lacks
+    (``mps`` off a Mac, ``cuda`` without a GPU, ``cuda:7`` on a one-GPU machine) is refused here, before
+    anything is written.
+    """
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (e.g. cpu, cuda, cuda:0, mps)") from None
+    if dev.type == "cpu":
+        return text
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"--device {text} asked for, but CUDA is not available on this machine")
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, AssertionError, AttributeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise argparse.ArgumentTypeError(f"--device {text} is not available on this machine ({reason})") from None
+    return text
+
+
+def progress(total: int, desc: str, disable: bool):
+    """A tqdm bar on stderr (refreshing every 30 s when stderr is not a terminal, e.g. a log file)."""
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.1 if interactive else 30.0)
+
+
+def resolve_weights(args: argparse.Namespace, default: list[float]) -> list[float]:
+    """The paper's w from ``--w`` or from ``--guidance-scale`` s (w = s - 1), else ``default``."""
+    if getattr(args, "guidance_scale", None) is not None:
+        return [s - 1.0 for s in args.guidance_scale]
+    return list(args.w) if getattr(args, "w", None) is not None else list(default)
