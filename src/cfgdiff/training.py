@@ -377,7 +377,8 @@ def train(
     """Train (or continue) a run in ``run_dir``; returns the Trainer at the end.
 
     On resume the stored config is used with ``resume_changes`` (the options the user asked for explicitly;
-    see ``resume_config`` for which may change) applied on top; ``config`` is then ignored. Everything is
+    see ``resume_config`` for which may change) applied on top; without ``resume_changes``, ``config``'s
+    ``steps`` and ``device``. Everything is
     checked before anything is written. ``on_step(step, loss)`` is called after every step (the CLI draws its
     progress bar with it).
     """
@@ -386,7 +387,9 @@ def train(
     if resume:
         stored = TrainConfig.from_json(json.loads((run_dir / CONFIG_FILE).read_text()))
         step = int(read_metadata(run_dir / CHECKPOINT_FILE).get("step", 0))
-        config, changed = resume_config(stored, dict(resume_changes or {}), step=step)
+        if resume_changes is None:  # the Python API's older form: the new total and device from ``config``
+            resume_changes = {"steps": config.steps, "device": config.device}
+        config, changed = resume_config(stored, dict(resume_changes), step=step)
     config.validate()
     dataset = load_dataset(config.data, "train")
     trainer = Trainer(config, dataset)
