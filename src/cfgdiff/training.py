@@ -61,7 +61,8 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """Every knob of a training run; written resolved to ``config.json``."""
 
-    data: str = "digits"  # data set name (cfgdiff.data.DATASETS)
+    data: str = "digits"  # data source: a built-in name (cfgdiff.data.DATASETS) or a path
+    data_spec: dict[str, Any] | None = None  # the full cfgdiff.data.DataSpec as JSON (None: DataSpec(data))
     steps: int = 4000  # total optimizer steps
     batch_size: int = 128
     lr: float = 2e-3  # peak AdamW learning rate
@@ -126,11 +127,38 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_config(data: str, **overrides: Any) -> TrainConfig:
-    """The defaults for a data set, with ``overrides`` (None values ignored) on top."""
-    if data not in DATA_DEFAULTS:
-        raise ValueError(f"unknown data set {data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))}")
-    values: dict[str, Any] = {"data": data, **json.loads(json.dumps(DATA_DEFAULTS[data]))}
+# Defaults for data sets given as a path, by image shape (C, H, W). Sized for the 2-core CPU: the 28x28 U-Net
+# (0.72M parameters, widths 16/32/64 at 28/14/7) takes about 0.43 s per step at batch 64 on one thread.
+SHAPE_DEFAULTS: dict[tuple[int, ...], dict[str, Any]] = {
+    (1, 28, 28): {
+        "steps": 10000,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_steps": 500,
+        "model": {"arch": "unet", "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1},
+    },
+}
+
+
+def data_spec_of(config: TrainConfig):
+    """The ``cfgdiff.data.DataSpec`` a config trains on."""
+    from cfgdiff.data import DataSpec
+
+    return DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
+
+
+def default_config(data: str, *, data_shape: tuple[int, ...] | None = None, **overrides: Any) -> TrainConfig:
+    """The defaults for a data set (by name, or by ``data_shape`` for a path), with ``overrides`` (None values
+    ignored) on top."""
+    if data in DATA_DEFAULTS:
+        defaults = DATA_DEFAULTS[data]
+    elif data_shape is not None and tuple(data_shape) in SHAPE_DEFAULTS:
+        defaults = SHAPE_DEFAULTS[tuple(data_shape)]
+    elif data_shape is not None:
+        defaults = {"model": {"arch": "unet"}}
+    else:
+        raise ValueError(f"unknown data set {data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))} or a path")
+    values: dict[str, Any] = {"data": data, **json.loads(json.dumps(defaults))}
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**values)
     config.validate()
@@ -254,6 +282,7 @@ class Trainer:
             "step": self.step,
             "model_config": self.model.config(),
             "data": self.dataset.name,
+            "data_spec": data_spec_of(self.config).to_json(),
             "data_shape": list(self.dataset.data_shape),
             "num_classes": self.dataset.num_classes,
             "class_names": list(self.dataset.class_names),
@@ -391,7 +420,7 @@ def train(
             resume_changes = {"steps": config.steps, "device": config.device}
         config, changed = resume_config(stored, dict(resume_changes), step=step)
     config.validate()
-    dataset = load_dataset(config.data, "train")
+    dataset = load_dataset(data_spec_of(config), "train")
     trainer = Trainer(config, dataset)
     if resume:
         trainer.restore(run_dir / CHECKPOINT_FILE)

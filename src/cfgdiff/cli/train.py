@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--data", default=None, metavar="DATA",
                    help=f"data set: {', '.join(sorted(DATASETS))} (default: digits; on --resume: the run's)")
+    p.add_argument("--class-names", default=None,
+                   help="class names for data that carries none (IDX): comma-separated, or a text file with one "
+                        "name per line")
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/DATA)")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
                    help="total optimizer steps (default by data set: 4000 for digits, 3000 for gmm2d; "
@@ -59,13 +62,22 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.cli.arguments import UsageError
+    from cfgdiff.data import DataSpec, load_dataset
     from cfgdiff.training import DATA_DEFAULTS, default_config, train
 
-    if args.data is not None and args.data not in DATA_DEFAULTS:
-        raise UsageError(f"--data: unknown data set {args.data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))}")
     data = args.data or "digits"
-    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / data
+    data_shape = None
+    data_spec = None
+    if data not in DATA_DEFAULTS and not args.resume:
+        names = None
+        if args.class_names is not None:
+            path = Path(args.class_names)
+            text = path.read_text() if path.is_file() else args.class_names.replace(",", "\n")
+            names = tuple(line.strip() for line in text.splitlines() if line.strip())
+        spec = DataSpec(source=data, class_names=names)
+        data_shape = load_dataset(spec, "train").data_shape  # checks the data before anything is written
+        data_spec = spec.to_json()
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / Path(data).name
     changes = {
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "p_uncond": args.p_uncond, "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay,
@@ -74,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides = {k: v for k, v in changes.items() if k != "data"}
     overrides["device"] = args.device or "cpu"
-    config = default_config(data, **overrides)
+    config = default_config(data, data_shape=data_shape, **overrides)
+    config.data_spec = data_spec
     if args.base_channels is not None:
         config.model["base_channels"] = args.base_channels
         changes["model"] = {**config.model}
