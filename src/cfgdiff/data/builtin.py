@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cfgdiff.data.cache import content_sha256
 from cfgdiff.data.dataset import SPLITS, DataError, Dataset
 from cfgdiff.toy import GaussianMixture
 
@@ -37,7 +38,10 @@ def load_digits(split: str = "train") -> Dataset:
         images, labels = images[idx], labels[idx]
     stored = torch.from_numpy(np.ascontiguousarray(images))[:, None]  # [N, 1, 8, 8]
     source = {"spec": {"source": "digits"}, "format": "builtin", "split": split, "count": int(len(labels)),
-              "shape": [1, 8, 8]}
+              "shape": [1, 8, 8], "num_classes": 10, "total": int(len(bunch.target)),
+              "test_split": {"kind": "held-out", "fraction": 0.2, "seed": 0,
+                             "method": "sklearn.model_selection.train_test_split(stratify=labels)"},
+              "content_sha256": content_sha256(bunch.images.astype(np.uint8)[:, None], bunch.target)}
     return Dataset("digits", stored, torch.from_numpy(labels), 10, tuple(str(d) for d in range(10)), 1.0,
                    pixel_max=16, source=source)
 
@@ -49,7 +53,8 @@ def load_gmm2d(split: str = "train", n: int = 30000) -> Dataset:
     generator = torch.Generator().manual_seed({"train": 0, "test": 1, "all": 2}[split])
     labels = mixture.sample_labels(n, generator)
     x = mixture.sample(labels, generator).to(torch.float32)
-    source = {"spec": {"source": "gmm2d"}, "format": "builtin", "split": split, "count": n, "shape": [2]}
+    source = {"spec": {"source": "gmm2d"}, "format": "builtin", "split": split, "count": n, "shape": [2],
+              "num_classes": mixture.num_classes, "seed": {"train": 0, "test": 1, "all": 2}[split]}
     # means at radius 0.6 with std 0.22: |x| < 2 holds with overwhelming probability (> 6 std)
     return Dataset("gmm2d", x, labels, mixture.num_classes, ("a", "b", "c"), 2.0, source=source)
 

@@ -2,8 +2,9 @@
 
 A ``Dataset`` keeps images as they are stored on disk, uint8 [N, C, H, W] (4× less memory than float32), and
 converts per batch: x = v · 2/pixel_max - 1 ∈ [-1, 1] (``to_x``). Vector data (the 2-D mixture) is stored as
-float32 [N, D] and ``to_x`` is the identity. ``stored`` may be backed by a read-only memory map (``in_memory``
-is then False), in which case training streams it through a ``torch.utils.data.DataLoader``.
+float32 [N, D] and ``to_x`` is the identity. ``stored`` may be backed by a read-only memory map of the data
+cache (``in_memory`` is then False; see ``cfgdiff.data.source`` for the memory budget), in which case training
+streams it through a ``torch.utils.data.DataLoader``; never write into such a tensor.
 
 A ``DataSpec`` is the JSON-serialisable description of where the data comes from and how it is read; a run
 directory records it, so ``sample`` and ``eval`` need no data argument again.
@@ -35,8 +36,25 @@ class DataSpec:
     class_names: tuple[str, ...] | None = None  # names for formats that carry none
     test_fraction: float = 0.1  # held-out share when the source has no test split (stratified, seeded)
     split_seed: int = 0  # seed of that held-out split
-    image_column: str | None = None  # Hugging Face datasets: the image column
-    label_column: str | None = None  # Hugging Face datasets: the label column
+    image_column: str | None = None  # Hugging Face datasets: the image column (None: found from the features)
+    label_column: str | None = None  # Hugging Face datasets: the label column (None: found from the features)
+    hflip: bool | None = None  # random horizontal flips in training; None: the data's default (on for RGB)
+
+    def validate(self) -> None:
+        """Raise ``DataError`` (one line) for values no loader can use."""
+        if not isinstance(self.source, str) or not self.source:
+            raise DataError("the data source must be a non-empty string (a built-in name or a path)")
+        if self.image_size is not None and not (isinstance(self.image_size, int) and self.image_size >= 1):
+            raise DataError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.channels not in (None, 1, 3):
+            raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if not (isinstance(self.test_fraction, (int, float)) and 0.0 < self.test_fraction < 1.0):
+            raise DataError(f"test_fraction must lie strictly between 0 and 1, got {self.test_fraction!r}")
+        if self.class_names is not None:
+            if not self.class_names or any(not isinstance(n, str) or not n for n in self.class_names):
+                raise DataError("class names must be non-empty strings")
+            if len(set(self.class_names)) != len(self.class_names):
+                raise DataError(f"class names must be distinct: {', '.join(self.class_names)}")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
