@@ -19,6 +19,7 @@ from cfgdiff.training import (
     Trainer,
     TrainingDiverged,
     default_config,
+    diffusion_trainer,
     drop_labels,
     train,
 )
@@ -33,7 +34,7 @@ def _binomial_ok(count, n, p):
 @pytest.mark.parametrize("p_uncond", [0.1, 0.5])
 def test_observed_label_drop_rate_in_training_step(p_uncond):
     config = default_config("gmm2d", p_uncond=p_uncond, batch_size=1000, model=TINY_MLP)
-    trainer = Trainer(config, load_dataset("gmm2d"))
+    trainer = diffusion_trainer(config, load_dataset("gmm2d"))
     seen = []
     forward = trainer.model.forward
     trainer.model.forward = lambda z, logsnr, labels: (seen.append(labels.clone()), forward(z, logsnr, labels))[1]
@@ -83,7 +84,7 @@ def test_checkpoint_round_trip_is_exact(gmm_run):
     with torch.no_grad():
         torch.testing.assert_close(model(z, logsnr, labels), trainer.ema(z, logsnr, labels), rtol=0, atol=0)
     groups, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    assert meta["step"] == trainer.step == 1500 and meta["format_version"] == 1
+    assert meta["step"] == trainer.step == 1500 and meta["format_version"] == 2
 
 
 def test_resume_continues_and_matches_uninterrupted_run(tmp_path):

@@ -4,22 +4,24 @@ Network: the U-Net's down path (``cfgdiff.models.unet.ResBlock`` and ``Downsampl
 ``LogSNREmbedding`` by adaptive GroupNorm; no class input), then GroupNorm-SiLU, global average pooling and a
 linear head to K logits.
 
-Training, on the same noise as the diffusion model (Algorithm 1 without label dropout):
+Training goes through the project's one ``Trainer`` (``cfgdiff.training``) with ``NoisyClassifierLoss``, on
+the same noise as the diffusion model (Algorithm 1 without label dropout):
 
     λ ~ p(λ) (the diffusion run's distribution, "cosine" by default),  ε ~ N(0, I),  z_λ = α_λ x + σ_λ ε
     loss = -log p_φ(c | z_λ, λ)   (cross-entropy)
 
-with AdamW, linear warm-up and EMA weights, written to ``RUN_DIR/classifier.safetensors`` (safetensors,
-resumable: optimizer and generator state are stored). Guidance uses ``log_prob_fn``:
-ε̃ = ε(z, c) - w σ_λ ∇_z log p_φ(c | z_λ) (``cfgdiff.guidance.classifier_guidance``).
+so it gets the same AdamW, warm-up, EMA, kill-safe checkpoints, resume, logging, torchrun and precision
+options. Files in RUN_DIR (``CLASSIFIER_LAYOUT``, so a classifier may share a diffusion run's directory):
+``classifier.safetensors`` (the latest checkpoint), ``classifier-step-*.safetensors`` (the last K),
+``classifier-config.json``, ``classifier-data.json``, ``classifier-loss.jsonl``. Guidance uses
+``log_prob_fn``: ε̃ = ε(z, c) - w σ_λ ∇_z log p_φ(c | z_λ) (``cfgdiff.guidance.classifier_guidance``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +29,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfgdiff.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from cfgdiff.data import load_dataset
+from cfgdiff.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from cfgdiff.data import DataSpec, load_dataset
 from cfgdiff.diffusion import diffuse
 from cfgdiff.models.embeddings import LogSNREmbedding
 from cfgdiff.models.unet import Downsample, ResBlock
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN, sample_logsnr
+from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
+from cfgdiff.training import (
+    RESUME_MAY_CHANGE,
+    DistContext,
+    LoopConfig,
+    NoisyClassifierLoss,
+    RunLayout,
+    Trainer,
+    apply_resume_changes,
+    fit,
+    init_distributed,
+    read_stored_config,
+)
 
 CLASSIFIER_FILE = "classifier.safetensors"
 CLASSIFIER_KIND = "noisy_classifier"
+CLASSIFIER_LAYOUT = RunLayout(checkpoint=CLASSIFIER_FILE, config="classifier-config.json",
+                              loss_log="classifier-loss.jsonl", provenance="classifier-data.json",
+                              step_prefix="classifier-step-", tensorboard="tensorboard-classifier", extra=())
 
 
 class NoisyClassifier(nn.Module):
@@ -101,12 +111,13 @@ class NoisyClassifier(nn.Module):
 
 
 @dataclass
-class ClassifierConfig:
-    """Every knob of a classifier run; stored in the checkpoint's metadata."""
+class ClassifierConfig(LoopConfig):
+    """Every knob of a classifier run (the loop's, see ``LoopConfig``, plus these); stored in its checkpoints."""
 
-    data: str = "digits"
+    data: str = "digits"  # data source (a built-in name or a path)
+    data_spec: dict[str, Any] | None = None  # the full cfgdiff.data.DataSpec as JSON (None: DataSpec(data))
     steps: int = 2000  # optimizer steps
-    batch_size: int = 128
+    batch_size: int = 128  # global batch
     lr: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 100
     ema_decay: float = 0.999
@@ -119,11 +130,9 @@ class ClassifierConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "base_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        super().validate()
         if self.logsnr_schedule not in ("cosine", "uniform"):
             raise ValueError(f"unknown logsnr schedule {self.logsnr_schedule!r}")
 
@@ -139,15 +148,36 @@ def noisy_accuracy(model: NoisyClassifier, x: torch.Tensor, labels: torch.Tensor
     return float((model(z, lam).argmax(1) == labels).float().mean())
 
 
+def classifier_trainer(config: ClassifierConfig, dataset, *, dist: DistContext | None = None) -> Trainer:
+    """A ``Trainer`` of the noisy classifier on ``dataset`` with ``NoisyClassifierLoss``."""
+    loss = NoisyClassifierLoss(config.logsnr_schedule, config.logsnr_min, config.logsnr_max)
+    trainer = Trainer(
+        lambda: NoisyClassifier(dataset.data_shape, dataset.num_classes, base_channels=config.base_channels),
+        loss, dataset, config, config=config, dist=dist,
+    )
+    trainer.metadata_extra.update({"kind": CLASSIFIER_KIND, "model_config": trainer.model.config(),
+                                   "data": config.data})
+    return trainer
+
+
 def train_classifier(
     config: ClassifierConfig,
     run_dir: str | os.PathLike,
     *,
     resume: bool = False,
     overwrite: bool = False,
+    resume_changes: dict[str, Any] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+    handle_signals: bool = True,
 ) -> tuple[NoisyClassifier, dict[str, Any]]:
-    """Train (or continue) a noisy classifier into ``run_dir/classifier.safetensors``; returns (EMA model, meta)."""
+    """Train (or continue) a noisy classifier into ``run_dir/classifier.safetensors``; returns (EMA model, meta).
+
+    On resume the stored config continues with ``resume_changes`` applied (loop options only, see
+    ``RESUME_MAY_CHANGE``; None values ignored); without them, with ``config``'s ``steps`` and ``device``.
+    The final checkpoint's metadata holds ``noisy_test_accuracy`` (EMA weights on noised test images at
+    λ = -5, 0, 5). The returned model has ``interrupted`` (the signal's name, or None) and ``is_main``.
+    """
     config.validate()
     run_dir = Path(run_dir)
     path = run_dir / CLASSIFIER_FILE
@@ -155,68 +185,39 @@ def train_classifier(
         raise CheckpointError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
     if resume and not path.exists():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
-    train_set, test_set = load_dataset(config.data, "train"), load_dataset(config.data, "test")
+    if resume:
+        stored, step = read_stored_config(run_dir, CLASSIFIER_LAYOUT)
+        if resume_changes is None:
+            resume_changes = {"steps": config.steps, "device": config.device}
+        config, _ = apply_resume_changes(ClassifierConfig.from_json(stored), dict(resume_changes), step=step,
+                                         may_change=RESUME_MAY_CHANGE, fixed=frozenset({"hflip"}))
+    spec = DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
+    train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
     if not train_set.is_image:
         raise ValueError(f"the noisy classifier is for image data; {config.data!r} is not")
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    model = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels).to(device)
-    ema = NoisyClassifier(train_set.data_shape, train_set.num_classes, base_channels=config.base_channels).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99))
-    generator = torch.Generator().manual_seed(config.seed)
-    step = 0
-    if resume:
-        groups, meta = load_checkpoint(path)
-        stored = ClassifierConfig(**meta["train_config"])
-        stored.steps, stored.device = config.steps, config.device
-        config = stored
-        model.load_state_dict(groups["model"])
-        ema.load_state_dict(groups["ema"])
-        load_optimizer_tensors(opt, {k: v.to(device) for k, v in groups["optim"].items()})
-        generator.set_state(groups["rng"]["generator"])
-        step = int(meta["step"])
+    if config.hflip is None:
+        config.hflip = bool(getattr(train_set, "hflip_default", False))
+    ctx = init_distributed(config.device)
 
-    def save(final: bool) -> dict[str, Any]:
-        meta = {"kind": CLASSIFIER_KIND, "step": step, "model_config": model.config(), "data": config.data,
-                "train_config": asdict(config)}
-        if final:  # held-out accuracy on noised test images at a few λ
-            ema_cpu = NoisyClassifier(**ema.config())
-            ema_cpu.load_state_dict({k: v.cpu() for k, v in ema.state_dict().items()})
-            meta["noisy_test_accuracy"] = {str(lam): round(noisy_accuracy(ema_cpu, test_set.x, test_set.labels, lam), 4)
-                                           for lam in (-5.0, 0.0, 5.0)}
-        save_checkpoint(path, model=model.state_dict(), ema=ema.state_dict(), optim=optimizer_tensors(opt),
-                        rng={"generator": generator.get_state()}, metadata=meta)
-        return meta
+    def finalize(trainer: Trainer) -> None:  # held-out accuracy on noised test images at a few λ
+        if not trainer.dist.is_main:
+            return
+        ema_cpu = NoisyClassifier(**trainer.ema.config())
+        ema_cpu.load_state_dict({k: v.cpu() for k, v in trainer.ema.state_dict().items()})
+        trainer.metadata_extra["noisy_test_accuracy"] = {
+            str(lam): round(noisy_accuracy(ema_cpu, test_set.x, test_set.labels, lam), 4) for lam in (-5.0, 0.0, 5.0)
+        }
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {}
-    while step < config.steps:
-        model.train()
-        idx = torch.randint(0, len(train_set), (config.batch_size,), generator=generator)
-        x, labels = train_set.x[idx].to(device), train_set.labels[idx].to(device)
-        logsnr = sample_logsnr(x.shape[0], config.logsnr_schedule, logsnr_min=config.logsnr_min,
-                               logsnr_max=config.logsnr_max, generator=generator).to(device)
-        eps = torch.randn(x.shape, generator=generator).to(device)
-        loss = F.cross_entropy(model(diffuse(x=x, eps=eps, logsnr=logsnr), logsnr), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-        opt.step()
-        step += 1
-        with torch.no_grad():
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-        if on_step is not None:
-            on_step(step, float(loss.detach()))
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            meta = save(final=step == config.steps)
-    if not meta or "noisy_test_accuracy" not in meta:
-        meta = save(final=True)
-    return ema.eval(), meta
+    try:
+        trainer = classifier_trainer(config, train_set, dist=ctx)
+        fit(trainer, run_dir, layout=CLASSIFIER_LAYOUT, resume=resume, overwrite=overwrite, on_start=on_start,
+            on_step=on_step, finalize=finalize, handle_signals=handle_signals)
+    finally:
+        ctx.shutdown()
+    model = trainer.ema.eval()
+    model.interrupted = trainer.interrupted
+    model.is_main = trainer.dist.is_main
+    return model, trainer.metadata()
 
 
 def load_classifier(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> NoisyClassifier:
@@ -237,5 +238,5 @@ def describe(meta: dict[str, Any]) -> str:
     return f"step {meta.get('step')}; noisy test accuracy {acc}"
 
 
-__all__ = ["CLASSIFIER_FILE", "ClassifierConfig", "NoisyClassifier", "describe", "load_classifier",
-           "train_classifier"]
+__all__ = ["CLASSIFIER_FILE", "CLASSIFIER_LAYOUT", "ClassifierConfig", "NoisyClassifier", "classifier_trainer",
+           "describe", "load_classifier", "train_classifier"]

@@ -51,6 +51,20 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def level_list(name: str, *, minimum: int = 0, allow_none: bool = False) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers >= ``minimum`` (``none`` for the empty list where allowed)."""
+
+    def parse(text: str) -> list[int]:
+        if allow_none and text.strip().lower() == "none":
+            return []
+        values = int_list(text)
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{name} takes integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
 def checked(name: str, kind: type, ok: Callable[[Any], bool], bound: str) -> Callable[[str], Any]:
     """An argparse type: parse the text as ``kind`` and require ``ok(value)``, else one line naming the bound."""
     noun = "an integer" if kind is int else "a number"

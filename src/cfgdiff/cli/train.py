@@ -7,8 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import device, nonnegative_float, nonnegative_int, positive_float, positive_int, progress
+from cfgdiff.cli.arguments import (
+    device,
+    level_list,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    progress,
+)
 from cfgdiff.cli.arguments import unit_float as _unit_float
+from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
+from cfgdiff.cli.training_options import add_loop_options, loop_changes
 
 EXIT_OK = 0
 
@@ -22,11 +32,9 @@ def add_parser(sub) -> None:
                     "Algorithm 1). Defaults that depend on the data set (steps, batch size, learning rate, "
                     "architecture) come from its preset; every flag below overrides one of them.",
     )
-    p.add_argument("--data", default=None, metavar="DATA",
-                   help=f"data set: {', '.join(sorted(DATASETS))} (default: digits; on --resume: the run's)")
-    p.add_argument("--class-names", default=None,
-                   help="class names for data that carries none (IDX): comma-separated, or a text file with one "
-                        "name per line")
+    add_data_options(p, data_help=f"a built-in data set ({', '.join(sorted(DATASETS))}), a path (format found from "
+                                  "its content), or hf:PATH (default: digits; on --resume: the run's)",
+                     hflip=False)  # --hflip is a loop option (training_options)
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/DATA)")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
                    help="total optimizer steps (default by data set: 4000 for digits, 3000 for gmm2d; "
@@ -49,8 +57,20 @@ def add_parser(sub) -> None:
                    help="steps between checkpoints; one is always written at the end (default 500)")
     p.add_argument("--log-every", type=positive_int("--log-every"), default=None,
                    help="steps between lines of loss.jsonl (default 50)")
+    p.add_argument("--model", choices=("small", "base", "large"), default=None,
+                   help="architecture preset for the data's shape (README: Model presets); default: the data "
+                        "set's own defaults for digits/gmm2d, else small on a CPU and base on an accelerator")
     p.add_argument("--base-channels", type=positive_int("--base-channels"), default=None,
-                   help="U-Net width at full resolution (default 16 for digits)")
+                   help="U-Net width at full resolution (overrides the preset; 16 for digits)")
+    p.add_argument("--channel-mults", type=level_list("--channel-mults", minimum=1), default=None,
+                   help="U-Net width multiplier per resolution level, e.g. 1,2,2,2 (overrides the preset)")
+    p.add_argument("--num-res-blocks", type=positive_int("--num-res-blocks"), default=None,
+                   help="residual blocks per U-Net level (overrides the preset)")
+    p.add_argument("--attn-levels", type=level_list("--attn-levels", allow_none=True), default=None,
+                   help="U-Net levels (0 = full resolution) with self-attention, e.g. 1,2; 'none' for none "
+                        "(overrides the preset)")
+    p.add_argument("--dropout", type=_unit_float("--dropout"), default=None,
+                   help="dropout in the U-Net's residual blocks (overrides the preset)")
     p.add_argument("--seed", type=int, default=None, help="seed of the weights and of every random draw (default 0)")
     p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:N, mps, ... (default cpu)")
     p.add_argument("--resume", action="store_true",
@@ -58,6 +78,7 @@ def add_parser(sub) -> None:
                         "change and the change is logged; data, p_uncond, schedule, architecture and seed may not")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --run-dir and start anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loop_options(p)
     p.set_defaults(func=run)
 
 
@@ -65,16 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from cfgdiff.data import DataSpec, load_dataset
     from cfgdiff.training import DATA_DEFAULTS, default_config, train
 
-    data = args.data or "digits"
+    spec = data_spec_from_args(args, default="digits")
+    data = spec.source
     data_shape = None
     data_spec = None
-    if data not in DATA_DEFAULTS and not args.resume:
-        names = None
-        if args.class_names is not None:
-            path = Path(args.class_names)
-            text = path.read_text() if path.is_file() else args.class_names.replace(",", "\n")
-            names = tuple(line.strip() for line in text.splitlines() if line.strip())
-        spec = DataSpec(source=data, class_names=names)
+    if not args.resume and (data not in DATA_DEFAULTS or spec != DataSpec(source=data)):
         data_shape = load_dataset(spec, "train").data_shape  # checks the data before anything is written
         data_spec = spec.to_json()
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / Path(data).name
@@ -83,13 +99,31 @@ def run(args: argparse.Namespace) -> int:
         "p_uncond": args.p_uncond, "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay,
         "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every, "seed": args.seed, "device": args.device,
+        "hflip": getattr(args, "hflip", None), **loop_changes(args),
     }
     overrides = {k: v for k, v in changes.items() if k != "data"}
     overrides["device"] = args.device or "cpu"
-    config = default_config(data, data_shape=data_shape, **overrides)
+    if args.resume and args.model is not None:
+        print("error: --model cannot change on --resume (the architecture is fixed by the run); start a new run "
+              "with --run-dir or --overwrite", file=sys.stderr)
+        return 2
+    config = default_config(data, data_shape=data_shape, size=args.model, **overrides)
     config.data_spec = data_spec
-    if args.base_channels is not None:
-        config.model["base_channels"] = args.base_channels
+    knobs = {"base_channels": args.base_channels, "channel_mults": args.channel_mults,
+             "num_res_blocks": args.num_res_blocks, "attn_levels": args.attn_levels, "dropout": args.dropout}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if knobs:
+        if config.model.get("arch", "unet") != "unet":
+            print(f"error: {', '.join('--' + k.replace('_', '-') for k in knobs)} set U-Net knobs, but {data} "
+                  f"trains an {config.model['arch']}", file=sys.stderr)
+            return 2
+        config.model.update(knobs)
+        if not args.resume:
+            try:
+                _check_model(config)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         changes["model"] = {**config.model}
     bar = None
     t0 = time.perf_counter()
@@ -102,11 +136,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{verb} {trainer.model.config()['arch']} ({n_params / 1e6:.2f}M parameters) on {tc.data} "
               f"(train split, {len(trainer.dataset)} examples) at step {trainer.step} of {tc.steps}, "
               f"batch {tc.batch_size}, lr {tc.lr:g}, p_uncond={tc.p_uncond}, run dir {run_dir}", file=sys.stderr)
+        print(f"  {_runtime_line(trainer)}", file=sys.stderr)
         bar = progress(tc.steps, "train", args.no_progress)
-        bar.update(trainer.step)
+        bar.unit = "step"
+        bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only
+        bar.refresh()
 
     def on_step(step: int, loss: float) -> None:
-        bar.update(1)
+        bar.update(step - bar.n)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -117,5 +154,43 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not trainer.dist.is_main:
+        return EXIT_OK
+    if trainer.interrupted:
+        print(f"stopped by {trainer.interrupted} at step {trainer.step} of {trainer.config.steps}; checkpoint "
+              f"written to {run_dir}; resume with: cfgdiff train --run-dir {run_dir} --resume")
+        return EXIT_OK
     print(f"done: step {trainer.step}, {time.perf_counter() - t0:.0f} s; checkpoint in {run_dir}")
     return EXIT_OK
+
+
+def _check_model(config) -> None:
+    """Build the network once on the meta device so that a knob no U-Net can take fails before anything is
+    written (ValueError with the reason)."""
+    import torch
+
+    from cfgdiff.data import load_dataset
+    from cfgdiff.models import build_model
+    from cfgdiff.training.config import BUILTIN_SHAPES, data_spec_of
+
+    shape = BUILTIN_SHAPES.get(config.data) or load_dataset(data_spec_of(config), "train").data_shape
+    with torch.device("meta"):
+        build_model({**config.model, "image_shape": list(shape), "num_classes": 10})
+
+
+def _runtime_line(trainer) -> str:
+    """How the steps run: processes, micro-batches, device, precision, batches (the banner's second line)."""
+    loop, stream = trainer.loop, trainer.stream
+    parts = [f"{trainer.dist.world_size} process(es) x {loop.grad_accum} micro-batch(es) of {stream.size} on "
+             f"{trainer.device}"]
+    parts.append("bf16 autocast" if loop.autocast else "fp32")
+    if loop.compile:
+        parts.append(f"torch.compile ({loop.compile_backend})")
+    if loop.channels_last and trainer.dataset.is_image:
+        parts.append("channels_last")
+    loader = f"streaming loader, {loop.workers} worker(s)" if stream.streaming else "in-memory batches"
+    parts.append(loader + (", random flips" if stream.order.hflip else ""))
+    parts.append(f"checkpoints every {loop.checkpoint_every} steps"
+                 + (f" and {loop.save_every_minutes:g} min" if loop.save_every_minutes else "")
+                 + f", keeping {loop.keep}")
+    return "; ".join(parts)

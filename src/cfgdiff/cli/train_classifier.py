@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 from cfgdiff.cli.arguments import UsageError, device, positive_float, positive_int, progress
+from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
+from cfgdiff.cli.training_options import add_loop_options, loop_changes
 
 EXIT_OK = 0
 
@@ -18,8 +21,9 @@ def add_parser(sub) -> None:
                        description="Train a classifier on noisy inputs z_lambda = alpha x + sigma eps, for "
                                    "classifier guidance (Dhariwal & Nichol 2021), the baseline the paper argues "
                                    "against. Written to RUN_DIR/classifier.safetensors.")
-    p.add_argument("--data", choices=sorted(k for k in DATASETS if k != "gmm2d"), default="digits",
-                   help="image data set (default digits)")
+    add_data_options(p, data_help=f"image data: {', '.join(sorted(k for k in DATASETS if k != 'gmm2d'))}, a path "
+                                  "(format found from its content), or hf:PATH (default: digits)",
+                     hflip=False)  # flips are the training loop's option (LoopConfig.hflip)
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/DATA-classifier)")
     p.add_argument("--steps", type=positive_int("--steps"), default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=128, help="batch size (default 128)")
@@ -33,16 +37,26 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the classifier in --run-dir")
     p.add_argument("--overwrite", action="store_true", help="replace the classifier in --run-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_loop_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cfgdiff.classifier import ClassifierConfig, describe, train_classifier
+    from cfgdiff.data import DataSpec
 
-    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{args.data}-classifier"
-    config = ClassifierConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    spec = data_spec_from_args(args, default="digits")
+    if spec.source == "gmm2d":
+        raise UsageError("the noisy classifier is for image data; gmm2d is not")
+    extra = {}
+    if spec != DataSpec(source=spec.source):  # options beyond the source travel as the DataSpec
+        if "data_spec" not in {f.name for f in dataclasses.fields(ClassifierConfig)}:
+            raise UsageError("train-classifier takes --data only (no other data options) in this version")
+        extra["data_spec"] = spec.to_json()
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{Path(spec.source).name}-classifier"
+    config = ClassifierConfig(data=spec.source, **extra, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               base_channels=args.base_channels, logsnr_schedule=args.logsnr_schedule, seed=args.seed,
-                              device=args.device)
+                              device=args.device, **{k: v for k, v in loop_changes(args).items() if v is not None})
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other")
     bar = progress(args.steps, "train-classifier", args.no_progress)
@@ -53,7 +67,19 @@ def run(args: argparse.Namespace) -> int:
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
+    def on_start(trainer) -> None:
+        bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only
+        bar.refresh()
+
+    resume_changes = {"steps": args.steps, "device": args.device, **loop_changes(args)}
     with bar:
-        _, meta = train_classifier(config, run_dir, resume=args.resume, overwrite=args.overwrite, on_step=on_step)
+        model, meta = train_classifier(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                                       resume_changes=resume_changes, on_step=on_step, on_start=on_start)
+    if meta.get("world_size", 1) > 1 and not model.is_main:
+        return EXIT_OK
+    if model.interrupted:
+        print(f"stopped by {model.interrupted} at step {meta['step']}; checkpoint written to {run_dir}; resume "
+              f"with: cfgdiff train-classifier --run-dir {run_dir} --resume --steps {config.steps}")
+        return EXIT_OK
     print(f"done: {describe(meta)}; {time.perf_counter() - t0:.0f} s; checkpoint in {run_dir}")
     return EXIT_OK

@@ -1,0 +1,57 @@
+"""Options of the training loop shared by every command that trains a network (``train``,
+``train-classifier``, and later ones): accumulation, checkpoints, non-finite batches, precision, batches.
+
+Every option defaults to None ("not given"), so a command can tell an explicit flag from a default: new runs
+take the loop's defaults (``cfgdiff.training.LoopConfig``), ``--resume`` changes only what was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cfgdiff.cli.arguments import nonnegative_float, nonnegative_int, positive_int
+
+# option dest = LoopConfig field (--hflip/--no-hflip is a data option, cfgdiff.cli.data_options)
+LOOP_OPTIONS = ("grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast", "compile",
+                "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers", "tensorboard")
+
+
+def add_loop_options(p: argparse.ArgumentParser) -> None:
+    """Add the loop's options to a training command's parser."""
+    g = p.add_argument_group("training loop (distribution, checkpoints, precision, batches)")
+    g.add_argument("--grad-accum", type=positive_int("--grad-accum"), default=None, metavar="K",
+                   help="micro-batches per optimizer step and process, for a global --batch-size larger than "
+                        "memory: each process computes batch/(processes*K) examples at a time (default 1)")
+    g.add_argument("--keep", type=nonnegative_int("--keep"), default=None, metavar="K",
+                   help="step-numbered checkpoints kept beside the latest (default 3; 0 keeps only the latest)")
+    g.add_argument("--save-every-minutes", type=nonnegative_float("--save-every-minutes"), default=None, metavar="M",
+                   help="also write a checkpoint whenever M minutes of wall-clock time have passed (default 0: off)")
+    g.add_argument("--skip-nonfinite", type=nonnegative_int("--skip-nonfinite"), default=None, metavar="N",
+                   help="skip the update of up to N batches whose loss or gradient is not finite, counting them in "
+                        "the log, before stopping (default 0: stop at the first)")
+    g.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast of the forward pass and loss (for CUDA; also runs on CPU) (default off)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (default off)")
+    g.add_argument("--compile-backend", default=None, metavar="NAME",
+                   help="torch.compile backend (default inductor; eager needs no compiler)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format for image networks and batches (default off)")
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="TF32 matmuls and convolutions on CUDA (default on)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels (torch.use_deterministic_algorithms): --resume bit-exact on CUDA too, "
+                        "at some speed (CPU runs are deterministic anyway) (default off)")
+    g.add_argument("--loader", choices=("auto", "memory", "streaming"), default=None,
+                   help="batches from a resident tensor (memory) or a DataLoader (streaming); auto streams data "
+                        "that is not in memory (default auto); both give identical batches")
+    g.add_argument("--workers", type=nonnegative_int("--workers"), default=None, metavar="N",
+                   help="DataLoader worker processes of the streaming loader (default 0)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also log to RUN_DIR/tensorboard (needs the tensorboard package) (default off)")
+
+
+def loop_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The loop options as {field: value}, None where not given."""
+    return {name: getattr(args, name, None) for name in LOOP_OPTIONS}

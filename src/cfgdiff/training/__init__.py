@@ -1,0 +1,60 @@
+"""Training: one ``Trainer`` for every network cfgdiff trains, and the diffusion model's run.
+
+Files, from the bottom up:
+
+* ``config.py``: ``LoopConfig`` (the loop's knobs, shared), ``TrainConfig`` (the diffusion run's), per-data
+  defaults, and what ``--resume`` may change (``RESUME_MAY_CHANGE``/``RESUME_FIXED``);
+* ``losses.py``: the loss contract ``loss_fn(model, batch, generator) -> loss`` and the losses: Algorithm 1's
+  ``DiffusionLoss``, ``NoisyClassifierLoss``, ``classifier_loss``;
+* ``batches.py``: the resumable, shardable ``BatchStream`` (in memory or through a DataLoader);
+* ``distributed.py``: joining torchrun's process group;
+* ``trainer.py``: the ``Trainer`` (AdamW, warm-up, clipping, EMA, accumulation, DDP, autocast, compile);
+* ``rundir.py``: run-directory layout, checks, and kill-safe checkpoint files (``--keep``);
+* ``logs.py``: ``loss.jsonl`` and TensorBoard;
+* ``loop.py``: ``fit``, the driver (checkpoints, resume, logging, signals);
+* ``denoiser.py``: the diffusion run: ``train``, ``load_model``.
+
+A new kind of network trains with::
+
+    trainer = Trainer(build_model, loss_fn, dataset, loop_config, config=my_config, metadata={...})
+    fit(trainer, run_dir, layout=RunLayout(checkpoint="mine.safetensors", ...), resume=..., overwrite=...)
+"""
+
+from cfgdiff.training.batches import BatchStream, derive_seed
+from cfgdiff.training.config import (
+    DATA_DEFAULTS,
+    RESUME_FIXED,
+    RESUME_MAY_CHANGE,
+    SHAPE_DEFAULTS,
+    LoopConfig,
+    TrainConfig,
+    apply_resume_changes,
+    data_spec_of,
+    default_config,
+    resume_config,
+)
+from cfgdiff.training.denoiser import DIFFUSION_KIND, diffusion_trainer, load_model, make_model, train
+from cfgdiff.training.distributed import DistContext, init_distributed
+from cfgdiff.training.loop import fit, save_run_checkpoint
+from cfgdiff.training.losses import Batch, DiffusionLoss, LossFn, NoisyClassifierLoss, classifier_loss, drop_labels
+from cfgdiff.training.rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DIFFUSION_LAYOUT,
+    LOSS_FILE,
+    RunDirError,
+    RunLayout,
+    check_run_dir,
+    prepare_run_dir,
+    read_stored_config,
+)
+from cfgdiff.training.trainer import Trainer, TrainingDiverged
+
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "DATA_DEFAULTS", "DIFFUSION_KIND", "DIFFUSION_LAYOUT",
+    "LOSS_FILE", "RESUME_FIXED", "RESUME_MAY_CHANGE", "SHAPE_DEFAULTS", "Batch", "BatchStream", "DiffusionLoss",
+    "DistContext", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError", "RunLayout", "TrainConfig",
+    "Trainer", "TrainingDiverged", "apply_resume_changes", "check_run_dir", "classifier_loss", "data_spec_of",
+    "default_config", "derive_seed", "diffusion_trainer", "drop_labels", "fit", "init_distributed", "load_model",
+    "make_model", "prepare_run_dir", "read_stored_config", "resume_config", "save_run_checkpoint", "train",
+]

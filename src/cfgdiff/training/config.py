@@ -1,0 +1,220 @@
+"""Training configurations: the loop's knobs (``LoopConfig``), the diffusion run's (``TrainConfig``), the
+per-data-set defaults, and what ``--resume`` may change.
+
+``LoopConfig`` holds what every network's training shares (optimizer, schedule, EMA, checkpoints, batches,
+distribution, precision); a kind of network extends it with what its loss and its model need (``TrainConfig``
+for the diffusion model, ``cfgdiff.classifier.ClassifierConfig`` for the noisy classifier). ``batch_size`` is
+the GLOBAL batch: the examples of one optimizer step, summed over all processes and accumulation steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cfgdiff.models.presets import PRESETS, preset_for
+from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
+
+LOADERS = ("auto", "memory", "streaming")
+
+
+@dataclass
+class LoopConfig:
+    """The training loop's knobs, shared by every kind of network (field names are the CLI's flags)."""
+
+    steps: int = 4000  # total optimizer steps
+    batch_size: int = 128  # GLOBAL batch: examples per optimizer step over all processes and accumulation steps
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup_steps: int = 200  # linear warm-up of the learning rate
+    grad_clip: float = 1.0  # max global gradient norm (0 disables)
+    ema_decay: float = 0.999  # EMA of the weights, with warm-up min(decay, (1+t)/(10+t))
+    seed: int = 0  # weights, data order, and every random draw of the loss (per rank, see batches.derive_seed)
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the start and at the end)
+    log_every: int = 50  # steps between loss-log lines
+    device: str = "cpu"  # under torchrun, "cuda" means cuda:LOCAL_RANK
+    grad_accum: int = 1  # micro-batches per optimizer step and process (batch_size / (processes * grad_accum) each)
+    keep: int = 3  # step-numbered checkpoints kept beside the latest (0: only the latest)
+    save_every_minutes: float = 0.0  # also checkpoint when this much wall-clock time has passed (0: off)
+    skip_nonfinite: int = 0  # batches with a non-finite loss or gradient skipped (no update) before stopping
+    autocast: bool = False  # bf16 autocast of the forward pass and the loss (CUDA; allowed on CPU)
+    compile: bool = False  # torch.compile the network
+    compile_backend: str = "inductor"  # torch.compile backend ("eager" needs no compiler: tests, debugging)
+    channels_last: bool = False  # channels_last memory format for image networks and batches
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (Ampere and later)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact --resume on CUDA too (slower)
+    hflip: bool | None = None  # random horizontal flips (images only); None: the data set's default
+    loader: str = "auto"  # "memory" (index a resident tensor), "streaming" (DataLoader), "auto" (by the data set)
+    workers: int = 0  # DataLoader worker processes of the streaming loader
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for values no run can use."""
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "keep", "skip_nonfinite", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.save_every_minutes) and self.save_every_minutes >= 0):
+            raise ValueError(f"save_every_minutes must be >= 0, got {self.save_every_minutes}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"unknown loader {self.loader!r}; choose from {', '.join(LOADERS)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]):
+        """Build from a JSON object, ignoring unknown keys (so configs of other versions load)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        if "hflip" not in data:  # written before flips existed: that run never flipped
+            config.hflip = False
+        return config
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Every knob of a diffusion training run; written resolved to ``config.json``."""
+
+    data: str = "digits"  # data source: a built-in name (cfgdiff.data.DATASETS) or a path
+    data_spec: dict[str, Any] | None = None  # the full cfgdiff.data.DataSpec as JSON (None: DataSpec(data))
+    p_uncond: float = 0.1  # label dropout probability (the paper's best)
+    logsnr_schedule: str = "cosine"  # "cosine" (the paper's) or "uniform"
+    logsnr_min: float = LOGSNR_MIN
+    logsnr_max: float = LOGSNR_MAX
+    model: dict[str, Any] = field(default_factory=dict)  # architecture config, see cfgdiff.models
+
+    def validate(self) -> None:
+        """Raise ValueError for values no run can use."""
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond}")
+        super().validate()
+        if self.logsnr_schedule not in ("cosine", "uniform"):
+            raise ValueError(f"unknown logsnr schedule {self.logsnr_schedule!r}; choose cosine or uniform")
+        if not self.logsnr_min < self.logsnr_max:
+            raise ValueError("need logsnr_min < logsnr_max")
+
+
+# Per-data-set defaults: chosen so the digits run gives recognisable digits in about 10 minutes on 2 cores.
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {
+        "steps": 4000,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "model": {"arch": "unet", "base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1},
+    },
+    "gmm2d": {
+        "steps": 3000,
+        "batch_size": 512,
+        "lr": 1e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.995,
+        "checkpoint_every": 1000,
+        "model": {"arch": "mlp", "hidden": 128, "depth": 3},
+    },
+}
+
+
+# Defaults for data sets given as a path come from the model presets (``cfgdiff.models.presets``), by the data's
+# shape; this is the CPU default for 1x28x28 (the Fashion-MNIST run), kept by name for scripts that use it.
+SHAPE_DEFAULTS: dict[tuple[int, ...], dict[str, Any]] = {
+    (1, 28, 28): PRESETS["28x28"]["small"],
+}
+
+# The shape of each built-in data set, for ``--model SIZE`` on it.
+BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "gmm2d": (2,)}
+
+
+def data_spec_of(config: TrainConfig):
+    """The ``cfgdiff.data.DataSpec`` a config trains on."""
+    from cfgdiff.data import DataSpec
+
+    return DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
+
+
+def default_config(data: str, *, data_shape: tuple[int, ...] | None = None, size: str | None = None,
+                   **overrides: Any) -> TrainConfig:
+    """The defaults for a data set, with ``overrides`` (None values ignored) on top.
+
+    A built-in name without ``size`` gets its own defaults (``DATA_DEFAULTS``); otherwise the model preset
+    ``preset_for(shape, size, device=overrides["device"])`` of the data's shape (``data_shape`` for a path)
+    gives the architecture and the training defaults (``size`` None: the device's default size).
+    """
+    if data in DATA_DEFAULTS and size is None:
+        defaults = DATA_DEFAULTS[data]
+    elif data in BUILTIN_SHAPES or data_shape is not None:
+        shape = BUILTIN_SHAPES[data] if data in BUILTIN_SHAPES else tuple(data_shape)
+        defaults = preset_for(shape, size, device=str(overrides.get("device") or "cpu"))
+    else:
+        raise ValueError(f"unknown data set {data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))} or a path")
+    values: dict[str, Any] = {"data": data, **json.loads(json.dumps(defaults))}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig(**values)
+    config.validate()
+    return config
+
+
+# What ``--resume`` may change. A resumed run continues the same experiment: flags that only steer the
+# optimisation, the bookkeeping or the speed may change (and the change is recorded in config.json and
+# loss.jsonl); flags that define what is learned (data, flips, label dropout, λ distribution, architecture,
+# seed) may not.
+RESUME_MAY_CHANGE = frozenset({
+    "steps", "device", "lr", "batch_size", "warmup_steps", "grad_clip", "ema_decay", "weight_decay",
+    "checkpoint_every", "log_every", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast",
+    "compile", "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers", "tensorboard",
+})
+RESUME_FIXED = frozenset({"data", "p_uncond", "logsnr_schedule", "logsnr_min", "logsnr_max", "seed", "model",
+                          "hflip"})
+
+
+def apply_resume_changes(stored: LoopConfig, changes: dict[str, Any], *, step: int, may_change: frozenset[str],
+                         fixed: frozenset[str]):
+    """``stored`` with the explicitly asked ``changes`` applied, for any ``LoopConfig`` subclass.
+
+    Returns (config, changed) where ``changed`` maps each changed field to [old, new]. Raises ``RunDirError``
+    for a change of a field in ``fixed`` (or unknown) and when nothing is left to train.
+    """
+    from cfgdiff.training.rundir import RunDirError
+
+    values = stored.to_json()
+    changed: dict[str, Any] = {}
+    for name, new in changes.items():
+        if new is None or values.get(name) == new:
+            continue
+        if name in fixed:
+            flag = "--" + name.replace("_", "-")
+            raise RunDirError(f"{flag} cannot change on --resume (this run was trained with {values.get(name)!r}, "
+                              f"asked for {new!r}); start a new run with --run-dir or --overwrite")
+        if name not in may_change:
+            raise RunDirError(f"unknown training option {name!r}")
+        changed[name] = [values.get(name), new]
+        values[name] = new
+    config = type(stored).from_json(values)
+    config.validate()
+    if config.steps <= step:
+        raise RunDirError(f"nothing left to train: the run is at step {step} and its total is {config.steps}; "
+                          f"pass --steps N with N > {step} to train further")
+    return config, changed
+
+
+def resume_config(stored: TrainConfig, changes: dict[str, Any], *, step: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config of a resumed run: ``stored`` with the explicitly asked ``changes`` applied.
+
+    Returns (config, changed) where ``changed`` maps each changed field to [old, new]. Raises ``RunDirError``
+    for a change of a field in ``RESUME_FIXED`` and when nothing is left to train (the total ``steps`` is not
+    above the checkpoint's ``step``).
+    """
+    return apply_resume_changes(stored, changes, step=step, may_change=RESUME_MAY_CHANGE, fixed=RESUME_FIXED)

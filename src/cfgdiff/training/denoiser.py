@@ -1,0 +1,124 @@
+"""The diffusion model's training run (Ho & Salimans 2022, Algorithm 1) and ``load_model``.
+
+``train(config, run_dir)`` = load the data, build the network of ``config.model``, and ``fit`` a ``Trainer``
+with the ``DiffusionLoss`` (label dropout to ∅ = K, λ ~ p(λ), z = α x + σ ε, ε-MSE) in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from cfgdiff.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from cfgdiff.data import Dataset, load_dataset
+from cfgdiff.models import build_model
+from cfgdiff.training.config import TrainConfig, data_spec_of, resume_config
+from cfgdiff.training.distributed import DistContext, init_distributed
+from cfgdiff.training.loop import StepHook, fit
+from cfgdiff.training.losses import DiffusionLoss
+from cfgdiff.training.rundir import CHECKPOINT_FILE, DIFFUSION_LAYOUT, check_run_dir, read_stored_config
+from cfgdiff.training.trainer import Trainer
+
+DIFFUSION_KIND = "diffusion"
+
+
+def make_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
+    """Build the architecture of ``config.model`` for the data set's shape and class count."""
+    arch_config = dict(config.model)
+    if arch_config.get("arch", "unet") == "unet":
+        arch_config.setdefault("image_shape", list(dataset.data_shape))
+    else:
+        arch_config.setdefault("dim", int(dataset.data_shape[0]))
+    arch_config["num_classes"] = dataset.num_classes
+    return build_model(arch_config)
+
+
+def diffusion_trainer(config: TrainConfig, dataset: Dataset, *, dist: DistContext | None = None) -> Trainer:
+    """A ``Trainer`` of the class-conditional denoiser ε_θ(z, λ, c) with Algorithm 1's loss."""
+    config.validate()
+    loss = DiffusionLoss(num_classes=dataset.num_classes, p_uncond=config.p_uncond,
+                         logsnr_schedule=config.logsnr_schedule, logsnr_min=config.logsnr_min,
+                         logsnr_max=config.logsnr_max)
+    trainer = Trainer(lambda: make_model(config, dataset), loss, dataset, config, config=config, dist=dist)
+    trainer.metadata_extra.update({
+        "kind": DIFFUSION_KIND,
+        "model_config": trainer.model.config(),
+        "data": dataset.name,
+        "data_spec": data_spec_of(config).to_json(),
+        "data_shape": list(dataset.data_shape),
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.class_names),
+        "x_bound": dataset.x_bound,
+    })
+    return trainer
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_changes: dict[str, Any] | None = None,
+    on_step: StepHook | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+    handle_signals: bool = True,
+) -> Trainer:
+    """Train (or continue) a diffusion run in ``run_dir``; returns the Trainer at the end.
+
+    On resume the stored config (the latest checkpoint's) is used with ``resume_changes`` (the options the
+    user asked for explicitly; see ``resume_config`` for which may change) applied on top; without
+    ``resume_changes``, ``config``'s ``steps`` and ``device``. Everything is checked before anything is
+    written. Under torchrun (WORLD_SIZE > 1) this process joins the group and trains its shard.
+    ``on_step(step, loss)`` is called after every step on rank 0 (the CLI draws its progress bar with it);
+    ``trainer.interrupted`` names the signal when SIGINT/SIGTERM stopped the run (after a checkpoint).
+    """
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    changed: dict[str, Any] = {}
+    if resume:
+        stored, step = read_stored_config(run_dir)
+        if resume_changes is None:  # the Python API's older form: the new total and device from ``config``
+            resume_changes = {"steps": config.steps, "device": config.device}
+        config, changed = resume_config(TrainConfig.from_json(stored), dict(resume_changes), step=step)
+    else:
+        config = dataclasses.replace(config, model=dict(config.model))
+    config.validate()
+    dataset = load_dataset(data_spec_of(config), "train")
+    if config.hflip is None:
+        config.hflip = bool(getattr(dataset, "hflip_default", False) and dataset.is_image)
+    ctx = init_distributed(config.device)
+    try:
+        trainer = diffusion_trainer(config, dataset, dist=ctx)
+        return fit(trainer, run_dir, layout=DIFFUSION_LAYOUT, resume=resume, overwrite=overwrite,
+                   changed=changed, on_start=on_start, on_step=on_step, handle_signals=handle_signals)
+    finally:
+        ctx.shutdown()
+
+
+def load_model(
+    run_dir: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """The trained denoiser of a run (EMA weights by default), in eval mode, following the eps_fn contract.
+
+    ``run_dir`` may also be a checkpoint file (the latest, or one of ``checkpoint-step-*.safetensors``).
+    The module has ``num_classes``, ``data_shape``, ``class_names`` and ``x_bound`` (the data's range, the
+    samplers' clip of x̂). Reads checkpoint formats 1 and 2.
+    """
+    path = resolve_checkpoint(run_dir, CHECKPOINT_FILE)
+    groups, meta = load_checkpoint(path)
+    if "model_config" not in meta:
+        raise CheckpointError(f"{path} has no model config in its metadata")
+    model = build_model(meta["model_config"])
+    weights = groups["ema"] if ema and groups["ema"] else groups["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match the stored architecture ({err})") from None
+    model.class_names = tuple(meta.get("class_names", ()))
+    model.x_bound = float(meta.get("x_bound", 1.0))
+    model.train_step = int(meta.get("step", 0))
+    return model.to(device).eval().requires_grad_(False)

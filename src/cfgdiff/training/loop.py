@@ -1,0 +1,179 @@
+"""``fit``: drive a ``Trainer`` in a run directory: checkpoints, resume, logs, signals, distribution.
+
+What it does, in order (R processes under torchrun, or one):
+
+1. every rank checks the run directory (nothing is written before all have; see ``check_run_dir``);
+2. on resume every rank restores the latest checkpoint (the run directory must be readable by every node);
+3. rank 0 creates the directory, writes a step-0 checkpoint (a new run is resumable from its first moment),
+   then the resolved config and the data provenance, and opens the log;
+4. the loop: ``train_step``; a log line every ``log_every`` steps; a checkpoint every ``checkpoint_every``
+   steps, every ``save_every_minutes`` of wall-clock time, at the end, and when a stop was requested;
+5. SIGINT/SIGTERM (while ``fit`` runs in the main thread): the current step finishes, a checkpoint is
+   written, and ``fit`` returns with ``trainer.interrupted`` set to the signal's name. A second SIGINT
+   raises KeyboardInterrupt at once.
+
+Only rank 0 writes files, logs and calls ``on_start``/``on_step``; every rank computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cfgdiff.checkpoint import atomic_write_text, pause_point
+from cfgdiff.training.logs import RunLog, require_tensorboard
+from cfgdiff.training.rundir import (
+    DIFFUSION_LAYOUT,
+    RunLayout,
+    check_run_dir,
+    drop_future,
+    make_run_dir,
+    write_checkpoint,
+)
+from cfgdiff.training.trainer import Trainer, TrainingDiverged
+
+StepHook = Callable[[int, float], None]
+
+
+def save_run_checkpoint(trainer: Trainer, run_dir: Path, layout: RunLayout = DIFFUSION_LAYOUT) -> None:
+    """Write the trainer's checkpoint as the run's latest (collective: call on every rank; rank 0 writes)."""
+    data = trainer.state_bytes()
+    if data is not None:
+        write_checkpoint(Path(run_dir), layout, trainer.step, data, keep=trainer.loop.keep)
+
+
+class _Signals:
+    """SIGINT/SIGTERM ask the trainer to stop after the current step (main thread only)."""
+
+    def __init__(self, trainer: Trainer, enabled: bool) -> None:
+        self.trainer, self.previous, self.name = trainer, {}, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.name = signal.Signals(signum).name
+        self.trainer.stop_requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def fit(
+    trainer: Trainer,
+    run_dir: str | Path,
+    *,
+    layout: RunLayout = DIFFUSION_LAYOUT,
+    resume: bool = False,
+    overwrite: bool = False,
+    changed: dict[str, Any] | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+    on_step: StepHook | None = None,
+    finalize: Callable[[Trainer], None] | None = None,
+    handle_signals: bool = True,
+) -> Trainer:
+    """Train ``trainer`` up to ``trainer.loop.steps`` in ``run_dir``; returns it.
+
+    ``resume``: continue from the run's latest checkpoint (``changed`` — the config fields changed, as
+    {name: [old, new]} — goes into the log's resume event, with ``world_size`` when the process count
+    differs from the checkpoint's). ``overwrite``: remove an earlier run of this layout first.
+    ``on_start(trainer)`` runs once before the first step and ``on_step(step, loss)`` after every step (rank
+    0 only); ``finalize(trainer)`` runs on every rank just before the final checkpoint of a run that reached
+    its total (e.g. to add held-out metrics to ``trainer.metadata_extra``). ``trainer.interrupted`` is the
+    signal's name when SIGINT/SIGTERM stopped the run early, else None.
+    """
+    loop, ctx = trainer.loop, trainer.dist
+    main = ctx.is_main
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite, layout=layout)
+    if loop.tensorboard and main:
+        require_tensorboard()
+    ctx.barrier()  # every rank has checked before any rank writes
+    changed = dict(changed or {})
+    if resume:
+        trainer.restore(run_dir / layout.checkpoint)
+        if trainer.resumed_world_size != ctx.world_size:
+            changed["world_size"] = [trainer.resumed_world_size, ctx.world_size]
+    ctx.barrier()  # every rank has read the checkpoint before rank 0 touches the directory
+    if main and not resume:
+        make_run_dir(run_dir, overwrite=overwrite, layout=layout)
+    if not resume:
+        save_run_checkpoint(trainer, run_dir, layout)  # step 0: resumable from the first moment
+    trainer.interrupted = None
+    log = None
+    signals = _Signals(trainer, handle_signals)
+    try:
+        if main:
+            if resume:
+                drop_future(run_dir, layout, trainer.step)
+            pause_point("config")
+            atomic_write_text(run_dir / layout.config, json.dumps(trainer.config_json(), indent=2) + "\n")
+            atomic_write_text(run_dir / layout.provenance,
+                              json.dumps(getattr(trainer.dataset, "source", {}), indent=2, default=str) + "\n")
+            log = RunLog(run_dir / layout.loss_log, run_dir / layout.tensorboard if loop.tensorboard else None)
+            if resume:
+                log.write({"event": "resume", "step": trainer.step, "changed": changed})
+            if on_start is not None:
+                on_start(trainer)
+        _loop(trainer, run_dir, layout, log, on_step, finalize, signals)
+    except TrainingDiverged as err:
+        if log is not None:
+            log.write({"event": "diverged", "step": trainer.step + 1, "reason": str(err)})
+        raise
+    finally:
+        signals.restore()
+        if log is not None:
+            log.close()
+        trainer.stream.close()
+    return trainer
+
+
+def _loop(trainer: Trainer, run_dir: Path, layout: RunLayout, log: RunLog | None, on_step: StepHook | None,
+          finalize: Callable[[Trainer], None] | None, signals: _Signals) -> None:
+    loop = trainer.loop
+    running, count = 0.0, 0
+    t_log, step_log = time.perf_counter(), trainer.step
+    t_saved = time.monotonic()
+    save_every_s = 60.0 * loop.save_every_minutes
+    while trainer.step < loop.steps:
+        if log is not None and save_every_s > 0 and time.monotonic() - t_saved >= save_every_s:
+            trainer.save_requested = True  # rank 0's clock decides; train_step makes every rank agree
+        loss = trainer.train_step()
+        if trainer.last_skipped is not None:
+            if log is not None:
+                log.write({"event": "skipped_nonfinite", "step": trainer.step, "reason": trainer.last_skipped,
+                           "skipped": trainer.skipped})
+        else:
+            running, count = running + loss, count + 1
+        if on_step is not None and log is not None:
+            on_step(trainer.step, loss)
+        finished = trainer.step >= loop.steps
+        if trainer.step % loop.log_every == 0 or finished:
+            now = time.perf_counter()
+            rate = (trainer.step - step_log) / max(now - t_log, 1e-9)
+            if log is not None:
+                log.write({"step": trainer.step, "loss": running / count if count else math.nan,
+                           "lr": trainer.optimizer.param_groups[0]["lr"], "steps_per_sec": rate,
+                           "examples_per_sec": rate * loop.batch_size, "skipped": trainer.skipped})
+            running, count, t_log, step_log = 0.0, 0, now, trainer.step
+        if finished and finalize is not None:
+            finalize(trainer)
+        if (trainer.step % loop.checkpoint_every == 0 or finished or trainer.save_agreed
+                or trainer.stop_agreed):
+            save_run_checkpoint(trainer, run_dir, layout)
+            t_saved = time.monotonic()
+            trainer.save_requested = trainer.save_agreed = False
+        if trainer.stop_agreed and not finished:
+            trainer.interrupted = signals.name or "stop request"
+            if log is not None:
+                log.write({"event": "interrupted", "step": trainer.step, "signal": trainer.interrupted})
+            return
+        pause_point("step")
