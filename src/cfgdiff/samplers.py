@@ -14,6 +14,19 @@ DPM-Solver's time is half our log-SNR, so its step is h = (λ' - λ)/2; EDM's no
 variance-exploding σ_ve = e^{-λ/2} = σ/α with x_ve = z/α. No sampler reads anything back from the device
 inside its loop: the step's λ reaches the eps_fn as a tensor that also carries it as a Python float
 (attribute ``host_logsnr``), so a guidance schedule needs no device read either.
+
+Guidance that needs the sampler's cooperation uses two optional methods of the eps_fn, which every sampler here
+honours in one place, ``_Denoiser`` (the full contract is in ``cfgdiff.guidance.base``); an eps_fn without them
+is sampled exactly as before:
+
+* ``start_trajectory(logsnrs)``: called once per sampler call, before the first step, with the λ grid; the
+  returned eps_fn is used for this batch of trajectories only (per-trajectory state: APG momentum, CFG-Zero*
+  zero-init), so nothing carries over between calls.
+* ``eps_pair(z, logsnr, labels) -> (ε̂_x, ε̂_renoise)``: step towards x̂ = (z - σ ε̂_x)/α and re-noise with ε̂_renoise
+  (CFG++). Every sampler then continues from z_eff = α x̂ + σ ε̂_renoise = z + σ (ε̂_renoise - ε̂_x) in place of z:
+  DDIM's z' = α' x̂ + σ' ε̂_renoise, the ancestral posterior mean and the DPM-Solver++ steps from z_eff, Heun from the
+  z_eff of each of its two evaluations. Multistep histories hold x̂; the stochastic samplers add their noise
+  after the step, as usual.
 """
 
 from __future__ import annotations
@@ -111,25 +124,39 @@ def _x_bound(clip_x: bool | float) -> float | None:
 
 
 class _Denoiser:
-    """Calls the eps_fn at one λ for every row and forms x̂ = (z - σ ε̂)/α, optionally clipped to [-b, b]."""
+    """Calls the eps_fn at one λ for every row and forms x̂ = (z - σ ε̂)/α, optionally clipped to [-b, b].
 
-    def __init__(self, eps_fn: EpsFn, labels: torch.Tensor, z: torch.Tensor, clip_x: bool | float) -> None:
-        self.eps_fn = eps_fn
+    Starts the eps_fn's trajectory (``start_trajectory(logsnrs)``) once, and honours ``eps_pair`` (the module
+    docstring); returns the point z the sampler continues from, which for a plain eps_fn is the z it was given.
+    """
+
+    def __init__(self, eps_fn: EpsFn, labels: torch.Tensor, z: torch.Tensor, clip_x: bool | float,
+                 logsnrs: Sequence[float]) -> None:
+        start = getattr(eps_fn, "start_trajectory", None)
+        self.eps_fn = start(list(logsnrs)) if start is not None else eps_fn  # this batch's own state, if any
+        self.eps_pair = getattr(self.eps_fn, "eps_pair", None)
         self.labels = labels.to(z.device)
         self.logsnr_row = torch.empty(z.shape[0], device=z.device, dtype=z.dtype)
         self.x_bound = _x_bound(clip_x)
 
-    def __call__(self, z: torch.Tensor, logsnr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ε̂, x̂) at λ; when x̂ is clipped, ε̂ is recomputed from it so the two stay consistent."""
+    def __call__(self, z: torch.Tensor, logsnr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂, z) at λ. For a plain eps_fn z is returned as given; for an ``eps_pair`` it is
+        z_eff = z + σ (ε̂_renoise - ε̂_x) and ε̂ = ε̂_renoise. When x̂ is clipped, ε̂ = (z - α x̂)/σ is recomputed from
+        it, so the three stay consistent (z = α x̂ + σ ε̂)."""
         alpha, sigma = _alpha_sigma_f(logsnr)
         self.logsnr_row.fill_(logsnr)
         self.logsnr_row.host_logsnr = logsnr  # the same λ as a Python float: schedules need no device read
-        eps = self.eps_fn(z, self.logsnr_row, self.labels)
-        x = (z - sigma * eps) / alpha
+        if self.eps_pair is None:
+            eps = self.eps_fn(z, self.logsnr_row, self.labels)
+            x = (z - sigma * eps) / alpha
+        else:
+            eps_x, eps = self.eps_pair(z, self.logsnr_row, self.labels)
+            x = (z - sigma * eps_x) / alpha
+            z = z + sigma * (eps - eps_x)  # z_eff = α x̂ + σ ε̂_renoise
         if self.x_bound is not None:
             x = x.clamp(-self.x_bound, self.x_bound)
             eps = (z - alpha * x) / sigma
-        return eps, x
+        return eps, x, z
 
 
 def sample_ancestral(
@@ -168,10 +195,10 @@ def sample_ancestral(
     with torch.inference_mode():
         noise = _Noise(generator, shape[0])
         z = _initial_noise(shape, labels, noise, device, dtype, z)
-        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x, logsnrs)
         last = len(logsnrs) - 2
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
-            _, x = denoise(z, logsnr)
+            _, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
             if i == last:
@@ -220,9 +247,9 @@ def sample_ddim(
     with torch.inference_mode():
         noise = _Noise(generator, shape[0])
         z = _initial_noise(shape, labels, noise, device, dtype, z)
-        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x, logsnrs)
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
-            eps, x = denoise(z, logsnr)
+            eps, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
             if i == len(logsnrs) - 2:
@@ -277,11 +304,11 @@ def _dpmpp_multistep(
     with torch.inference_mode():
         noise = _Noise(generator, shape[0])
         z = _initial_noise(shape, labels, noise, device, dtype, z)
-        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x, logsnrs)
         x_prev: list[torch.Tensor] = []  # x̂ of the previous steps, newest first (at most order - 1)
         h_prev: list[float] = []  # their step sizes h
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
-            _, x = denoise(z, logsnr)
+            _, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
             _, sigma = _alpha_sigma_f(logsnr)
@@ -433,9 +460,9 @@ def sample_heun(
     with torch.inference_mode():
         noise = _Noise(generator, shape[0])
         z = _initial_noise(shape, labels, noise, device, dtype, z)
-        denoise = _Denoiser(eps_fn, labels, z, clip_x)
+        denoise = _Denoiser(eps_fn, labels, z, clip_x, logsnrs)
         for i, (logsnr, logsnr_next) in enumerate(zip(logsnrs[:-1], logsnrs[1:], strict=True)):
-            eps, x = denoise(z, logsnr)
+            eps, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
             alpha, sigma = _alpha_sigma_f(logsnr)
@@ -444,7 +471,7 @@ def sample_heun(
             if i == last:
                 z = z_euler
                 break
-            eps_euler, _ = denoise(z_euler, logsnr_next)
+            eps_euler, _, z_euler = denoise(z_euler, logsnr_next)
             # α'(σ'_ve - σ_ve) = σ' - α' σ / α  (negative: σ_ve falls)
             z = z_euler.add_(eps_euler - eps, alpha=0.5 * (sigma_next - alpha_next * sigma / alpha))
         return _finish(z, logsnrs[-1], denoise.x_bound)

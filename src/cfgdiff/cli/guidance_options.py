@@ -1,0 +1,202 @@
+"""Guidance options shared by ``cfgdiff sample`` and ``cfgdiff eval``: ``--guidance METHOD`` and its parameters.
+
+``add_guidance_options(p)`` adds the flags; ``guidance_from_args(args, model, ws=..., ...)`` checks them (one-line
+``UsageError``s, before anything is written), loads what a method needs (the guide run of autoguidance, the noisy
+classifier of classifier guidance) and returns a ``GuidanceChoice`` whose ``guide(eps_fn, w)`` is what the
+commands pass to ``generate.iter_samples`` / ``evaluation.run_sweep``. Methods and their defaults come from
+``cfgdiff.guidance.GUIDANCE_METHODS``; a method's flag given with another ``--guidance`` is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfgdiff.cli.arguments import UsageError, checked, nonnegative_int, unit_float
+from cfgdiff.guidance import GUIDANCE_METHODS, GuideFn, make_guide
+
+# flag -> (method, its parameter in the method's builder; None: a run directory loaded here)
+METHOD_FLAGS: dict[str, tuple[str, str | None]] = {
+    "--rescale-phi": ("rescale", "phi"),
+    "--threshold-percentile": ("thresholding", "percentile"),
+    "--apg-eta": ("apg", "eta"),
+    "--apg-r": ("apg", "r"),
+    "--apg-beta": ("apg", "beta"),
+    "--cfg-zero-steps": ("cfg-zero", "zero_init_steps"),
+    "--guide-run": ("auto", None),
+    "--classifier": ("classifier", None),
+}
+
+
+def _method(text: str) -> str:
+    if text not in GUIDANCE_METHODS:
+        raise argparse.ArgumentTypeError(f"--guidance must be one of {', '.join(GUIDANCE_METHODS)}, got {text!r}")
+    return text
+
+
+def _norm_bound(text: str) -> float:
+    """APG's r: a number > 0, or inf (no clamp)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--apg-r must be a number > 0 (or inf), got {text!r}") from None
+    if not value > 0:  # refuses nan too
+        raise argparse.ArgumentTypeError(f"--apg-r must be > 0 (or inf for no clamp), got {text}")
+    return value
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_guidance_options(p: argparse.ArgumentParser) -> None:
+    """``--guidance`` and every method's parameters (defaults: the method's recommended values)."""
+    g = p.add_argument_group("guidance method (w is the paper's weight for every method)")
+    g.add_argument("--guidance", type=_method, default="cfg", metavar="|".join(GUIDANCE_METHODS),
+                   help="cfg: (1+w) eps(z,c) - w eps(z) (default); rescale: Lin et al. 2023; thresholding: Imagen's "
+                        "dynamic thresholding; apg: Sadat et al. 2024; cfgpp: CFG++ (w in [-1, 0], its lambda = w+1); "
+                        "cfg-zero: CFG-Zero*; auto: autoguidance by a weaker run (--guide-run); classifier: "
+                        "eps(z,c) - w sigma grad log p_phi(c|z) (--classifier)")
+    g.add_argument("--rescale-phi", type=unit_float("--rescale-phi"), default=None,
+                   help="rescale: mix phi of the std-rescaled x̂ (0 = plain CFG; default 0.7)")
+    g.add_argument("--threshold-percentile", default=None,
+                   type=checked("--threshold-percentile", float, lambda v: 0 < v <= 100, "lie in (0, 100]"),
+                   help="thresholding: percentile p of |x̂| per sample (default 99.5)")
+    g.add_argument("--apg-eta", type=checked("--apg-eta", float, lambda v: True, ""), default=None,
+                   help="apg: weight of the guidance part parallel to x̂_c (1 = CFG; default 0)")
+    g.add_argument("--apg-r", type=_norm_bound, default=None,
+                   help="apg: bound r on the L2 norm of the guidance update in data space (inf = none; default 2.5)")
+    g.add_argument("--apg-beta", type=checked("--apg-beta", float, lambda v: True, ""), default=None,
+                   help="apg: momentum beta of the guidance update (0 = none; default -0.75)")
+    g.add_argument("--cfg-zero-steps", type=nonnegative_int("--cfg-zero-steps"), default=None,
+                   help="cfg-zero: zero-init of the first K sampler steps (default 1; 0 = none)")
+    g.add_argument("--guide-run", type=Path, default=None, metavar="DIR",
+                   help="auto: the weaker guide model, a run of the same data and classes (a smaller network or an "
+                        "earlier checkpoint)")
+    g.add_argument("--classifier", type=Path, default=None, metavar="DIR",
+                   help="classifier: the noisy-classifier run (cfgdiff train-classifier)")
+
+
+@dataclass
+class GuidanceChoice:
+    """The checked guidance of a command: ``guide(eps_fn, w) -> eps_fn`` and what to record about it."""
+
+    method: str
+    params: dict[str, Any]  # the builder's keyword arguments (a loaded guide network or classifier included)
+    guide: GuideFn
+    title: str  # e.g. "Rescaled CFG (Lin et al. 2023)"
+    lines: list[str] = field(default_factory=list)  # Markdown lines for a report header
+    argv: list[str] = field(default_factory=list)  # the guidance part of the command line
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Parameters holding further networks (counted as network calls by the commands)."""
+        return GUIDANCE_METHODS[self.method].networks
+
+    def record(self) -> dict[str, Any]:
+        """The method's numeric parameters in effect (recommended defaults included), for results.json; an infinite
+        one as the string "inf" (JSON has no infinity)."""
+        effective = {**GUIDANCE_METHODS[self.method].recommended, **self.params}
+        return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in effective.items()
+                if isinstance(v, int | float | bool)}
+
+    def counting_guide(self) -> CountingGuide:
+        """A guide that counts the rows of every network the guidance calls (NFE), for one sweep point."""
+        return CountingGuide(self)
+
+
+class CountingGuide:
+    """``guide(eps_fn, w)`` of a ``GuidanceChoice`` whose networks are wrapped in ``CountingEpsFn``s; ``rows`` is the
+    total number of network rows evaluated so far (the main network's and, for autoguidance, the guide's)."""
+
+    def __init__(self, choice: GuidanceChoice) -> None:
+        from cfgdiff.contract import CountingEpsFn
+
+        self._counting = CountingEpsFn
+        self.extra = {name: CountingEpsFn(choice.params[name]) for name in choice.networks}
+        self.main: list[Any] = []
+        self._guide = make_guide(choice.method, **{**choice.params, **self.extra})
+
+    def __call__(self, eps_fn: Any, w: Any) -> Any:
+        self.main.append(self._counting(eps_fn))
+        return self._guide(self.main[-1], w)
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.main) + sum(c.rows for c in self.extra.values())
+
+
+def _describe_guide(guide_run: Path, model: Any) -> str:
+    """What the report says about autoguidance's weaker model: its size and training steps."""
+    params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
+    config = model.config() if callable(getattr(model, "config", None)) else {}
+    size = ", ".join(f"{k} {config[k]}" for k in ("arch", "base_channels", "channel_mults", "hidden", "depth")
+                     if k in config)
+    steps = getattr(model, "train_step", 0)
+    size = f"{size}, " if size else ""
+    return f"guide model: {guide_run} ({size}{params / 1e6:.3f}M parameters, trained {steps} steps)"
+
+
+def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[float], x_bound: float | None = 1.0,
+                       device: str = "cpu", ema: bool = True) -> GuidanceChoice:
+    """The guidance ``args`` ask for, checked against ``model`` at every weight in ``ws`` (one-line UsageErrors)."""
+    method = args.guidance
+    spec = GUIDANCE_METHODS[method]
+    argv = ["--guidance", method]
+    for flag, (owner, _) in METHOD_FLAGS.items():
+        value = getattr(args, _dest(flag), None)
+        if value is not None and owner != method:
+            raise UsageError(f"{flag} goes with --guidance {owner}, not --guidance {method}")
+    params: dict[str, Any] = {}
+    for flag, (owner, name) in METHOD_FLAGS.items():
+        value = getattr(args, _dest(flag), None)
+        if owner == method and name is not None and value is not None:
+            params[name] = value
+            argv += [flag, "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}"]
+    lines: list[str] = []
+    if method == "thresholding":
+        if x_bound is None:
+            raise UsageError("--guidance thresholding needs a data range; this model has none (latents)")
+        params["bound"] = float(x_bound)
+    if method == "classifier":
+        if args.classifier is None:
+            raise UsageError("--guidance classifier needs --classifier RUN_DIR (train one with cfgdiff "
+                             "train-classifier)")
+        from cfgdiff.classifier import describe, load_classifier
+
+        classifier = load_classifier(args.classifier, device=device)
+        if tuple(classifier.data_shape) != tuple(model.data_shape):
+            raise UsageError(f"the classifier takes {tuple(classifier.data_shape)}, the model makes "
+                             f"{tuple(model.data_shape)}")
+        params["log_prob_fn"] = classifier.log_prob_fn
+        argv += ["--classifier", str(args.classifier)]
+        lines.append(f"- classifier: {args.classifier} ({describe(classifier.train_meta)})")
+    if method == "auto":
+        if args.guide_run is None:
+            raise UsageError("--guidance auto needs --guide-run DIR: a weaker run of the same data and classes "
+                             "(a smaller network or an earlier checkpoint)")
+        from cfgdiff.training import load_model
+
+        guide_model = load_model(args.guide_run, ema=ema, device=device)
+        if int(guide_model.num_classes) != int(model.num_classes):
+            raise UsageError(f"--guide-run {args.guide_run} has {guide_model.num_classes} classes, the model "
+                             f"{model.num_classes}")
+        if tuple(guide_model.data_shape) != tuple(model.data_shape):
+            raise UsageError(f"--guide-run {args.guide_run} makes samples of shape {tuple(guide_model.data_shape)}, "
+                             f"the model {tuple(model.data_shape)}")
+        params["guide"] = guide_model
+        argv += ["--guide-run", str(args.guide_run)]
+        lines.append(f"- {_describe_guide(args.guide_run, guide_model)}")
+    guide = make_guide(method, **params)
+    for w in ws:
+        try:
+            guide(model, float(w))  # builds the wrapper: checks the parameters and w, calls no network
+        except ValueError as err:
+            raise UsageError(f"--guidance {method}: {err}") from None
+    shown = {k: v for k, v in params.items() if isinstance(v, int | float | bool) and k != "bound"}
+    lines.insert(0, f"- guidance: {spec.describe(shown)}: {spec.title}; {spec.formula}")
+    return GuidanceChoice(method=method, params=params, guide=guide, title=spec.title, lines=lines, argv=argv)
