@@ -4,7 +4,9 @@
 
 z: [B, *data_shape] float; logsnr: [B] float, λ = log(α²/σ²); labels: [B] int64 in [0, num_classes], where
 label `num_classes` is the null (unconditional) class ∅. The output is the predicted noise ε with z's
-shape and dtype. A network never sees the guidance weight w; guidance combines its predictions elsewhere.
+shape and dtype. A network never sees the guidance weight w; guidance combines its predictions elsewhere. The
+one exception is a guidance-distilled student (``w_embedding=True``, see ``cfgdiff.distillation``), called as
+``model(z, logsnr, labels, w)``; ``student.at(w)`` turns it back into the contract above.
 
 Each model has `num_classes`, `data_shape` and `config()`; `build_model(model.config())` rebuilds the same
 architecture (load the weights with `load_state_dict(..., strict=True)`).
@@ -17,7 +19,12 @@ from typing import Any
 
 from torch import nn
 
-from cfgdiff.models.embeddings import ClassEmbedding, ConditioningEmbedding, LogSNREmbedding
+from cfgdiff.models.embeddings import (
+    ClassEmbedding,
+    ConditioningEmbedding,
+    GuidanceWeightEmbedding,
+    LogSNREmbedding,
+)
 from cfgdiff.models.mlp import MLPDenoiser
 from cfgdiff.models.unet import UNet
 
@@ -25,6 +32,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "ClassEmbedding",
     "ConditioningEmbedding",
+    "GuidanceWeightEmbedding",
     "LogSNREmbedding",
     "MLPDenoiser",
     "UNet",

@@ -6,7 +6,13 @@ The conditioning vector of a denoiser `eps_theta(z, logsnr, labels)` is
 
 where `E` has `num_classes + 1` rows and row `num_classes` is the learned null embedding (the unconditional
 model of Ho & Salimans 2022, Algorithm 1). The network is fed λ itself, never a step index, and never sees
-the guidance weight `w`.
+the guidance weight `w` -- except a guidance-distilled student (Meng et al. 2023, arXiv 2210.03142), built with
+`w_embedding=True`, whose conditioning gains one term,
+
+    e = MLP(fourier(logsnr / logsnr_scale)) + E[labels] + MLP_w(fourier(w / w_scale)),
+
+with MLP_w's output layer zero-initialised, so a student copied from its teacher starts as the teacher's
+conditional model exactly. Off by default: existing configs and checkpoints build the same modules.
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ClassEmbedding", "ConditioningEmbedding", "LogSNREmbedding", "broadcast_conditioning"]
+__all__ = [
+    "ClassEmbedding",
+    "ConditioningEmbedding",
+    "GuidanceWeightEmbedding",
+    "LogSNREmbedding",
+    "broadcast_conditioning",
+    "broadcast_weight",
+]
 
 
 def broadcast_conditioning(
@@ -26,6 +39,13 @@ def broadcast_conditioning(
     logsnr = logsnr.reshape(-1).expand(batch_size)  # [B]
     labels = labels.reshape(-1).expand(batch_size)  # [B]
     return logsnr, labels
+
+
+def broadcast_weight(w: torch.Tensor | float | None, batch_size: int, device: torch.device) -> torch.Tensor | None:
+    """A guidance weight (number, scalar or [B]) as a float32 [B] tensor; None stays None."""
+    if w is None:
+        return None
+    return torch.as_tensor(w, dtype=torch.float32, device=device).reshape(-1).expand(batch_size)  # [B]
 
 
 class LogSNREmbedding(nn.Module):
@@ -87,15 +107,48 @@ class ClassEmbedding(nn.Module):
         return self.table(labels)  # [B, D]
 
 
-class ConditioningEmbedding(nn.Module):
-    """e = LogSNREmbedding(λ) + ClassEmbedding(c): one conditioning vector per batch row."""
+class GuidanceWeightEmbedding(LogSNREmbedding):
+    """Fourier features of the guidance weight w, then Linear-SiLU-Linear with the last Linear zero-initialised.
 
-    def __init__(self, num_classes: int, emb_dim: int, num_freqs: int = 32) -> None:
+    u = w / w_scale (u ∈ [0, 1] for w ∈ [0, 4]); features = [sin(f_k u), cos(f_k u)], f_k geometric in
+    [min_freq, max_freq]. At initialisation the embedding is exactly 0 for every w (Meng et al. 2023 condition
+    their student on w the same way as on the time step).
+    """
+
+    def __init__(
+        self,
+        emb_dim: int,
+        num_freqs: int = 16,
+        w_scale: float = 4.0,  # w / w_scale lies in [0, 1] over the usual range w ∈ [0, 4]
+        min_freq: float = 1.0,  # one smooth feature over the range
+        max_freq: float = 100.0,  # a change of 0.04 in w turns the fastest feature by 1 rad
+    ) -> None:
+        super().__init__(emb_dim, num_freqs=num_freqs, logsnr_scale=w_scale, min_freq=min_freq, max_freq=max_freq)
+        nn.init.zeros_(self.mlp[2].weight)  # the student starts as its teacher: MLP_w(·) = 0
+        nn.init.zeros_(self.mlp[2].bias)
+
+
+class ConditioningEmbedding(nn.Module):
+    """e = LogSNREmbedding(λ) + ClassEmbedding(c) [+ GuidanceWeightEmbedding(w)]: one vector per batch row.
+
+    With ``w_embedding=False`` (the default) the module holds exactly the λ and class embeddings and takes no w;
+    with ``w_embedding=True`` (a guidance-distilled student) every call must pass w.
+    """
+
+    def __init__(self, num_classes: int, emb_dim: int, num_freqs: int = 32, w_embedding: bool = False) -> None:
         super().__init__()
         self.emb_dim = emb_dim
         self.logsnr_emb = LogSNREmbedding(emb_dim, num_freqs=num_freqs)
         self.class_emb = ClassEmbedding(num_classes, emb_dim)
+        self.w_emb = GuidanceWeightEmbedding(emb_dim) if w_embedding else None
 
-    def forward(self, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """([B] float, [B] int64) -> [B, emb_dim]."""
-        return self.logsnr_emb(logsnr) + self.class_emb(labels)  # [B, D]
+    def forward(self, logsnr: torch.Tensor, labels: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """([B] float, [B] int64[, [B] float w]) -> [B, emb_dim]."""
+        e = self.logsnr_emb(logsnr) + self.class_emb(labels)  # [B, D]
+        if self.w_emb is None:
+            if w is not None:
+                raise ValueError("this network takes no guidance weight w; guidance combines its predictions")
+            return e
+        if w is None:
+            raise ValueError("this network is a guidance-distilled student and needs w (use student.at(w))")
+        return e + self.w_emb(w)  # [B, D]; adds exactly 0 at initialisation

@@ -2,7 +2,8 @@
 
 eps = MLPDenoiser(...)(z, logsnr, labels), z: [B, dim]. The input layer sees [z, SiLU(e)] concatenated, with
 e = MLP(fourier(λ)) + E[c] the conditioning vector of `embeddings.py`, and every residual block is modulated
-by e as well (LayerNorm scale-shift), so conditioning reaches all depths.
+by e as well (LayerNorm scale-shift), so conditioning reaches all depths. ``w_embedding=True`` adds the
+guidance-weight embedding of a distilled student (see `embeddings.py`), called as ``model(z, logsnr, labels, w)``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfgdiff.models.embeddings import ConditioningEmbedding, broadcast_conditioning
+from cfgdiff.models.embeddings import ConditioningEmbedding, broadcast_conditioning, broadcast_weight
 
 __all__ = ["MLPBlock", "MLPDenoiser"]
 
@@ -51,6 +52,7 @@ class MLPDenoiser(nn.Module):
         hidden: int = 256,  # width of the residual stream
         depth: int = 4,  # number of residual blocks
         emb_dim: int = 128,  # conditioning width
+        w_embedding: bool = False,  # add an embedding of the guidance weight w (a distilled student)
     ) -> None:
         super().__init__()
         self.data_shape: tuple[int, ...] = (int(dim),)
@@ -59,8 +61,9 @@ class MLPDenoiser(nn.Module):
         self.hidden = int(hidden)
         self.depth = int(depth)
         self.emb_dim = int(emb_dim)
+        self.w_embedding = bool(w_embedding)
 
-        self.cond = ConditioningEmbedding(num_classes, emb_dim)
+        self.cond = ConditioningEmbedding(num_classes, emb_dim, w_embedding=self.w_embedding)
         self.fc_in = nn.Linear(dim + emb_dim, hidden)
         self.blocks = nn.ModuleList([MLPBlock(hidden, emb_dim) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(hidden)
@@ -77,12 +80,19 @@ class MLPDenoiser(nn.Module):
             "hidden": self.hidden,
             "depth": self.depth,
             "emb_dim": self.emb_dim,
+            **({"w_embedding": True} if self.w_embedding else {}),  # absent for ordinary networks
         }
 
-    def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """eps_theta(z, λ, c): z [B, dim], logsnr [B], labels [B] -> eps [B, dim]."""
+    def forward(
+        self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, w: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        """eps_theta(z, λ, c): z [B, dim], logsnr [B], labels [B] -> eps [B, dim].
+
+        ``w`` ([B] or a number) only for a network built with ``w_embedding=True``, which requires it.
+        """
         logsnr, labels = broadcast_conditioning(logsnr, labels, z.shape[0])
-        emb = F.silu(self.cond(logsnr, labels))  # [B, D], SiLU(e) once; each block projects it
+        w = broadcast_weight(w, z.shape[0], z.device)
+        emb = F.silu(self.cond(logsnr, labels, w))  # [B, D], SiLU(e) once; each block projects it
         h = self.fc_in(torch.cat([z.to(emb.dtype), emb], dim=1))  # [B, hidden]
         for block in self.blocks:
             h = block(h, emb)  # [B, hidden]

@@ -10,6 +10,9 @@ size (so 28 -> 14 -> 7 -> 14 -> 28 and odd sizes round-trip); GroupNorm-SiLU and
 The conditioning vector e = MLP(fourier(λ)) + E[c] (see `embeddings.py`) enters every residual block as
 an adaptive GroupNorm: h <- GroupNorm(h) * (1 + s(e)) + b(e). GroupNorm normalises each batch row alone,
 so output row i depends only on input row i.
+
+``w_embedding=True`` builds a guidance-distilled student (``cfgdiff.distillation``): the same network plus a
+zero-initialised embedding of the guidance weight w added to e, called as ``model(z, logsnr, labels, w)``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfgdiff.models.embeddings import ConditioningEmbedding, broadcast_conditioning
+from cfgdiff.models.embeddings import ConditioningEmbedding, broadcast_conditioning, broadcast_weight
 
 __all__ = ["AttentionBlock", "ResBlock", "UNet"]
 
@@ -137,6 +140,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,  # dropout inside residual blocks
         groups: int = 8,  # GroupNorm groups; every level width must be divisible by it
         emb_dim: int | None = None,  # conditioning width; None = 4 * base_channels
+        w_embedding: bool = False,  # add an embedding of the guidance weight w (a distilled student)
     ) -> None:
         super().__init__()
         if len(image_shape) != 3:
@@ -163,11 +167,12 @@ class UNet(nn.Module):
         self.dropout = float(dropout)
         self.groups = int(groups)
         self.emb_dim = emb_dim
+        self.w_embedding = bool(w_embedding)
 
         in_ch = self.data_shape[0]
         block_kw: dict[str, Any] = dict(emb_dim=emb_dim, groups=groups, dropout=dropout, num_heads=num_heads)
 
-        self.cond = ConditioningEmbedding(num_classes, emb_dim)
+        self.cond = ConditioningEmbedding(num_classes, emb_dim, w_embedding=self.w_embedding)
         self.conv_in = nn.Conv2d(in_ch, widths[0], 3, padding=1)
 
         # Down path: every module's output is a skip tensor.
@@ -218,12 +223,19 @@ class UNet(nn.Module):
             "dropout": self.dropout,
             "groups": self.groups,
             "emb_dim": self.emb_dim,
+            **({"w_embedding": True} if self.w_embedding else {}),  # absent for ordinary networks
         }
 
-    def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """eps_theta(z, λ, c): z [B, C, H, W], logsnr [B], labels [B] -> eps [B, C, H, W]."""
+    def forward(
+        self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, w: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        """eps_theta(z, λ, c): z [B, C, H, W], logsnr [B], labels [B] -> eps [B, C, H, W].
+
+        ``w`` ([B] or a number) only for a network built with ``w_embedding=True``, which requires it.
+        """
         logsnr, labels = broadcast_conditioning(logsnr, labels, z.shape[0])
-        emb = F.silu(self.cond(logsnr, labels))  # [B, D], SiLU(e) once; each block projects it
+        w = broadcast_weight(w, z.shape[0], z.device)
+        emb = F.silu(self.cond(logsnr, labels, w))  # [B, D], SiLU(e) once; each block projects it
         h = self.conv_in(z.to(self.conv_in.weight.dtype))  # [B, C0, H, W]
         skips = [h]
         for layer in self.down:
