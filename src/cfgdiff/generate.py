@@ -144,17 +144,21 @@ def iter_samples(
     autocast: bool = False,
     channels_last: bool = False,
     compile_network: bool | str = False,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **sampler_kwargs: Any,
 ) -> Iterator[torch.Tensor]:
     """Samples for ``labels`` chunk by chunk: yields [<= batch_size, *data_shape] on the CPU, one chunk held at
     a time; the chunks concatenated are the same for any ``batch_size``.
 
     ``guide(eps_fn, w)`` wraps the denoiser (classifier-free guidance by default, w in the paper's convention,
-    a number or a schedule λ -> w such as ``guidance_interval``); ``sampler_kwargs`` go to the sampler
-    (``v_interp``, ``clip_x``, ``grid``, ``eta``, ...). Randomness: sample i uses its own stream seeded with
-    ``sample_seed(seed, i)``; without ``seed``, the run seed is one draw from ``generator`` (or from torch's
-    global generator). ``autocast``, ``channels_last`` and ``compile_network`` go to ``prepare_eps_fn``.
-    To count network evaluations, pass a ``cfgdiff.contract.CountingEpsFn``.
+    a number or a schedule λ -> w such as ``guidance_interval``; any method by name:
+    ``cfgdiff.guidance.make_guide("apg", eta=0.0)``; stateful methods get fresh state in every chunk);
+    ``sampler_kwargs`` go to the sampler (``v_interp``, ``clip_x``, ``grid``, ``eta``, ...). Randomness:
+    sample i uses its own stream seeded with ``sample_seed(seed, i)``; without ``seed``, the run seed is one draw
+    from ``generator`` (or from torch's global generator). ``autocast``, ``channels_last`` and
+    ``compile_network`` go to ``prepare_eps_fn``.
+    To count network evaluations, pass a ``cfgdiff.contract.CountingEpsFn``. ``decode(x)`` maps each chunk before
+    it is yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -174,6 +178,8 @@ def iter_samples(
         x = sample_fn(guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
                       generator=sample_generators(run_seed, start, stop, device), device=device, dtype=dtype,
                       **sampler_kwargs)
+        if decode is not None:
+            x = decode(x)
         yield x.to("cpu")
 
 
