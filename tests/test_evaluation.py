@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -111,10 +112,24 @@ def test_eval_writes_table_plots_and_grids(capsys, digits_run, tmp_path, cache_d
     assert all(int(r["n"]) == 20 and int(r["steps"]) == 3 and r["sampler"] == "ancestral" for r in rows)
     assert [float(r["nfe_per_sample"]) for r in rows] == [3.0, 6.0]
     md = (out / "results.md").read_text()
-    assert "floor: FID (digits-classifier features) between the digits test split and the training split" in md
+    assert "floor vs training split: 20 held-out test images against the training split statistics" in md
+    assert "floor vs test split: 20 training images against the test split statistics" in md
+    assert "| real (floor) |" in md and "near-copies" in md
     assert "cfgdiff eval" in md
-    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert "N = 20" in stdout and "vs test split" in stdout  # N beside every FID, both references named
+    results = json.loads((out / "results.json").read_text())
+    meta = results["meta"]
     assert meta["fid_floor"] > 0 and list(cache_dir.glob("refstats-digits-*.npz"))
+    assert meta["floor_count"] == 20 and meta["fid_floor_method"] == "subsets" and meta["fid_test_floor"] > 0
+    assert meta["fid_floor_whole_test_count"] == 360 and meta["fid_bootstrap"] == 100
+    assert meta["memorisation_threshold"] > 0 and meta["memorisation_test_share"] < 0.01
+    for row in results["rows"]:
+        assert row["fid_std"] > 0 and row["fid_test"] > 0 and row["fid_test_std"] > 0
+        assert 0 <= row["memorised"] <= 1 and row["sliced_wasserstein"] is None
+    first, second = results["rows"]  # differences against the first row, with their paired spread
+    assert meta["fid_delta_baseline_w"] == 0.0 and first["fid_delta"] is None
+    assert second["fid_delta"] == pytest.approx(second["fid"] - first["fid"]) and second["fid_delta_std"] > 0
+    assert "Δ vs w = 0 (paired)" in md
 
 
 def test_eval_with_classifier_guidance(capsys, digits_run, tmp_path, cache_dir):
@@ -135,11 +150,13 @@ def test_eval_with_classifier_guidance(capsys, digits_run, tmp_path, cache_dir):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--guidance", "bogus"], "--guidance must be cfg or classifier"),
+        (["--guidance", "bogus"], "--guidance must be one of cfg, rescale"),
         (["--guidance", "classifier"], "needs --classifier"),
         (["--guidance", "classifier", "--classifier", "NOWHERE"], "no noisy classifier"),
         (["--n", "1"], "--n must be >= 2"),
         (["--inception-weights", "NOWHERE.pth"], "--inception-weights"),
+        (["--features", "NOWHERE"], "no feature network"),
+        (["--bootstrap", "1"], "--bootstrap"),
         (["--w", "0,nan"], "finite"),
     ],
 )
@@ -152,3 +169,71 @@ def test_eval_bad_input_is_exit_2_and_one_line(capsys, digits_run, tmp_path, ext
 
 def test_eval_missing_run_is_exit_2(capsys, tmp_path):
     _assert_usage_error(capsys, ["eval", str(tmp_path / "no-run"), "--no-progress"], "no checkpoint")
+
+
+def test_eval_refuses_two_feature_networks(capsys, digits_run, tmp_path):
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"not used")
+    _assert_usage_error(capsys, ["eval", str(digits_run), "--inception-weights", str(weights), "--features",
+                                 str(tmp_path), "--out", str(tmp_path / "eval"), "--no-progress"], "give one")
+
+
+# -- 2-D data: sliced Wasserstein distance and the exact guided density --------------------------------------
+
+
+def test_exact_mixture_at_w0_scores_at_its_floor_and_guidance_moves_away():
+    """The exact eps_fn of the testbed at w = 0 samples the data distribution (up to 64 steps of discretisation):
+    its SW_2 to held-out points is that of real points of the same N (the floor) within 4 combined spreads, and
+    its mean log-density is -H of the (unguided) class densities within 5 standard errors (+ the discretisation
+    allowance of 0.02 nats). At w = 3 the samples leave the data distribution: SW_2 beyond the floor's spread."""
+    from cfgdiff.data import load_gmm2d
+    from cfgdiff.metrics import VectorScorer
+
+    mixture = GaussianMixture.three_gaussians()
+    train, test = load_gmm2d("train"), load_gmm2d("test")
+    scorer = VectorScorer(test.x, test.labels, 3, train=train.x, train_labels=train.labels, mixture=mixture,
+                          bootstrap=20, floor_draws=10)
+    result = run_sweep(mixture, [0.0, 3.0], n=600, steps=64, scorer=scorer, dtype=torch.float64, batch_size=300)
+    meta = result.meta
+    unguided, guided = result.rows
+    assert meta["kind"] == "vectors" and unguided.fid is None and len(unguided.sliced_wasserstein_per_class) == 3
+    spread = math.sqrt(unguided.sliced_wasserstein_std ** 2 + meta["sw_floor_std"] ** 2)
+    assert abs(unguided.sliced_wasserstein - meta["sw_floor"]) < 4 * spread
+    assert abs(unguided.log_density - unguided.log_density_target) < 5 * unguided.log_density_std + 0.02
+    assert guided.sliced_wasserstein > meta["sw_floor"] + 4 * math.sqrt(guided.sliced_wasserstein_std ** 2 +
+                                                                         meta["sw_floor_std"] ** 2)
+    assert guided.log_density_target > unguided.log_density_target  # p̃_3 is sharper than p(x|c)
+    assert set(result.points) == {0.0, 3.0} and result.points[0.0][0].shape == (600, 2)
+
+
+def test_eval_on_a_2d_run_end_to_end(capsys, gmm_run, tmp_path, cache_dir):
+    run_dir, _ = gmm_run
+    out = tmp_path / "eval"
+    code, stdout, err = _run(capsys, ["eval", str(run_dir), "--w", "0,2", "--n", "150", "--steps", "16",
+                                      "--bootstrap", "10", "--out", str(out), "--no-progress"])
+    assert code == 0, err
+    assert "Inception" not in stdout + err
+    assert "warning: --n 150 is below 500" in err
+    assert "SW_2" in stdout and "N = 150" in stdout and "mean log p̃_w(x|c)" in stdout
+    for name in ("results.csv", "results.md", "results.json", "tradeoff.png", "metrics_vs_w.png", "samples.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "grids").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["kind"] == "vectors" and results["meta"]["sw_floor"] > 0
+    for row in results["rows"]:
+        assert row["fid"] is None and row["inception_score"] is None
+        assert row["sliced_wasserstein"] > 0 and row["sliced_wasserstein_std"] > 0
+        assert len(row["sliced_wasserstein_per_class"]) == 3
+        assert math.isfinite(row["log_density"]) and math.isfinite(row["log_density_target"])
+    md = (out / "results.md").read_text()
+    assert "SW_2 to held-out, N = 150" in md and "| real (floor) |" in md
+
+
+def test_eval_of_a_2d_run_refuses_a_feature_network(capsys, gmm_run, tmp_path):
+    run_dir, _ = gmm_run
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"not used")
+    out = tmp_path / "eval"
+    _assert_usage_error(capsys, ["eval", str(run_dir), "--inception-weights", str(weights), "--out", str(out),
+                                 "--no-progress"], "not images")
+    assert not out.exists()

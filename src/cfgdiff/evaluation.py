@@ -1,14 +1,19 @@
-"""Guidance sweeps: sample at each w, score FID and IS, and write the table, the plots and one grid per w.
+"""Guidance sweeps: sample at each w, score the samples, and write the table, the plots and one grid per w.
 
 ``run_sweep`` is the loop behind ``cfgdiff eval``. For every guidance weight w (the paper's convention,
 ε̃ = (1 + w) ε(z, c) - w ε(z) for classifier-free guidance, ε̃ = ε(z, c) - w σ ∇ log p_φ(c | z) for classifier
 guidance) it draws ``n`` samples with class-balanced labels (label of sample i = i mod K) in chunks of
 ``batch_size`` rows, with the samplers and per-sample seeds of ``cfgdiff.generate.generate_samples`` (the same
 samples as ``cfgdiff sample`` with that seed),
-turns each chunk into features right away (memory does not grow with n beyond the D-dim features), and scores
-them against the real data's reference statistics:
+hands each chunk to a *scorer* right away (``cfgdiff.metrics.scorers``; memory does not grow with n beyond the
+D-dim features), and scores the set against the real data. Images (``ImageScorer``):
 
     FID = ||μ_g - μ_r||² + Tr(Σ_g + Σ_r - 2 (Σ_g Σ_r)^{1/2}),   IS = exp(E KL(p(y|x) || p(y)))
+
+against the training split (``fid``) and the held-out test split (``fid_test``), each ± its bootstrap spread
+(``fid_std``, ``fid_test_std``), IS ± std over 10 splits, and ``memorised``, the share of near-copies of
+training images; the floors at the same N are in ``meta``. 2-D points (``VectorScorer``): the sliced Wasserstein
+distance to held-out points and the exact guided log-density. Fields a kind of data does not have are None.
 
 Every w starts from the same seed, so the rows share their initial noise (common random numbers): differences
 between rows come from w, not from the draw. Network evaluations are counted, not assumed: ``nfe_per_sample``
@@ -25,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +41,9 @@ import torch
 from cfgdiff.contract import CountingEpsFn, EpsFn
 from cfgdiff.features import FeatureExtractor
 from cfgdiff.generate import iter_samples
-from cfgdiff.guidance import GuidanceWeight, LogProbFn, cfg, classifier_guidance
-from cfgdiff.metrics import FeatureAccumulator, ReferenceStats, frechet_distance, inception_score, metric_names
+from cfgdiff.guidance import GuidanceWeight, LogProbFn, classifier_guidance, guidance_method, make_guide
+from cfgdiff.metrics import ImageScorer, ReferenceStats, SampleScorer
+from cfgdiff.toy import GaussianMixture
 
 GuideFn = Callable[[EpsFn, GuidanceWeight], EpsFn]
 
@@ -73,9 +79,9 @@ class SweepRow:
     """One row of the table: the metrics at one w and how they were obtained."""
 
     w: float
-    fid: float
-    inception_score: float
-    inception_score_std: float
+    fid: float | None  # FID against the training split's statistics (None for vector data)
+    inception_score: float | None
+    inception_score_std: float | None  # std over the 10 splits of the IS
     n: int
     steps: int
     sampler: str
@@ -84,6 +90,19 @@ class SweepRow:
     nfe_per_sample: float  # denoiser network evaluations (rows) per sample
     classifier_evals_per_sample: float  # classifier forward+backward passes per sample
     seconds_per_sample: float  # sampling wall time per sample (feature extraction excluded)
+    # fields added with the held-out evaluation (None where not measured; old results.json rows lack them)
+    fid_std: float | None = None  # bootstrap std of ``fid`` over resamples of the n samples (B in meta)
+    fid_test: float | None = None  # FID against the held-out test split's statistics
+    fid_test_std: float | None = None  # bootstrap std of ``fid_test``
+    fid_delta: float | None = None  # fid - fid of the sweep's first row (None on that row)
+    fid_delta_std: float | None = None  # paired bootstrap std of ``fid_delta``: is the difference beyond noise?
+    memorised: float | None = None  # share of samples that are near-copies of a training image (0..1)
+    sliced_wasserstein: float | None = None  # vector data: SW_2 to held-out points, both class-balanced
+    sliced_wasserstein_std: float | None = None  # bootstrap std of ``sliced_wasserstein``
+    sliced_wasserstein_per_class: list[float | None] | None = None  # SW_2 per class
+    log_density: float | None = None  # 2-D testbed: mean log p̃_w(x | c) under the exact guided target
+    log_density_std: float | None = None  # its standard error
+    log_density_target: float | None = None  # -H(p̃_w): what a perfect sampler of p̃_w scores
 
 
 @dataclass
@@ -91,6 +110,7 @@ class SweepResult:
     rows: list[SweepRow]
     grids: dict[float, np.ndarray]  # w -> [K, n_grid, C, H, W] (image data only)
     meta: dict[str, Any] = field(default_factory=dict)
+    points: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # vector data: w -> (x, labels)
 
 
 def run_sweep(
@@ -99,40 +119,59 @@ def run_sweep(
     *,
     n: int,
     steps: int,
-    extractor: FeatureExtractor,
-    reference: ReferenceStats,
+    extractor: FeatureExtractor | None = None,
+    reference: ReferenceStats | None = None,
+    scorer: SampleScorer | None = None,
     sampler: str = "ancestral",
     seed: int = 0,
     batch_size: int = 256,
     guidance: str = "cfg",
     log_prob_fn: LogProbFn | None = None,
+    guidance_params: Mapping[str, Any] | None = None,
     grid_per_class: int = 8,
     device: torch.device | str = "cpu",
     on_chunk: Callable[[int], None] | None = None,
     weight_schedule: Callable[[float], GuidanceWeight] | None = None,
     **sampler_kwargs: Any,
 ) -> SweepResult:
-    """FID and IS of ``n`` samples at each w (see the module docstring). ``guidance``: "cfg" or "classifier"
-    (then ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels | z_λ) is required). ``weight_schedule(w)``
-    turns each row's w into the weight passed to the guidance (e.g. a guidance interval around w)."""
+    """The metrics of ``n`` samples at each w (see the module docstring). ``scorer`` measures them (default:
+    ``ImageScorer(extractor, reference)``, FID against ``reference`` and IS). ``guidance``: a method of
+    ``cfgdiff.guidance.GUIDANCE_METHODS`` ("cfg", "rescale", "apg", ..., "classifier") with its keyword
+    arguments in ``guidance_params``; classifier guidance needs ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels
+    | z_λ) (here or in the params), autoguidance its ``guide`` network, whose rows count in ``nfe_per_sample`` too.
+    ``weight_schedule(w)`` turns each row's w into the weight passed to the guidance (e.g. a guidance interval
+    around w)."""
     if n < 2:
         raise ValueError(f"need n >= 2 samples for a covariance, got {n}")
-    if guidance not in ("cfg", "classifier"):
-        raise ValueError(f"unknown guidance {guidance!r}; choose cfg or classifier")
-    if guidance == "classifier" and log_prob_fn is None:
-        raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
+    if scorer is None:
+        if extractor is None or reference is None:
+            raise ValueError("run_sweep needs a scorer, or a feature extractor and reference statistics")
+        scorer = ImageScorer(extractor, reference)
+    method = guidance_method(guidance)  # any of cfgdiff.guidance.GUIDANCE_METHODS
+    params = dict(guidance_params or {})
+    if guidance == "classifier":
+        log_prob_fn = log_prob_fn if log_prob_fn is not None else params.get("log_prob_fn")
+        if log_prob_fn is None:
+            raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
     num_classes = int(eps_fn.num_classes)
     labels = balanced_labels(n, num_classes)
     counting = CountingEpsFn(eps_fn)
-    counting_cls = CountingLogProbFn(log_prob_fn) if log_prob_fn is not None else None
-    guide = classifier_guide(counting_cls) if counting_cls is not None else cfg
+    counting_cls = CountingLogProbFn(log_prob_fn) if guidance == "classifier" else None
+    if counting_cls is not None:
+        params["log_prob_fn"] = counting_cls
+    counting_extra = [CountingEpsFn(params[name]) for name in method.networks]  # e.g. autoguidance's guide network
+    params.update(zip(method.networks, counting_extra, strict=True))
+    guide = make_guide(guidance, **params)
     rows: list[SweepRow] = []
     grids: dict[float, np.ndarray] = {}
+    points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for w in ws:
         counting.reset()
+        for extra in counting_extra:
+            extra.reset()
         if counting_cls is not None:
             counting_cls.rows = 0
-        acc = FeatureAccumulator(extractor)
+        acc = scorer.new_set()
         per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
         seconds = 0.0
         offset = 0
@@ -141,31 +180,28 @@ def run_sweep(
         for x in iter_samples(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
                                batch_size=batch_size, guide=guide, device=device, **sampler_kwargs):
             seconds += time.perf_counter() - t_start
-            acc.add(x)
+            acc.add(x, labels[offset:offset + x.shape[0]])
             for i, c in enumerate(labels[offset:offset + x.shape[0]].tolist()):
-                if len(per_class[c]) < grid_per_class:
+                if x.ndim == 4 and len(per_class[c]) < grid_per_class:  # grids of images only
                     per_class[c].append(x[i].numpy())
             offset += x.shape[0]
             if on_chunk is not None:
                 on_chunk(x.shape[0])
             t_start = time.perf_counter()
-        feats = acc.result()
-        mu, cov = feats.statistics()
-        fid = frechet_distance(mu, cov, reference.mu, reference.cov)
-        is_mean, is_std = inception_score(feats.probs)
+        scores = acc.finish(float(w))
+        if hasattr(acc, "points"):
+            points[float(w)] = acc.points
         rows.append(SweepRow(
-            w=float(w), fid=fid, inception_score=is_mean, inception_score_std=is_std, n=n, steps=steps,
-            sampler=sampler, seed=seed, guidance=guidance, nfe_per_sample=counting.rows / n,
+            w=float(w), **scores, n=n, steps=steps,
+            sampler=sampler, seed=seed, guidance=guidance,
+            nfe_per_sample=(counting.rows + sum(extra.rows for extra in counting_extra)) / n,
             classifier_evals_per_sample=(counting_cls.rows / n) if counting_cls is not None else 0.0,
             seconds_per_sample=seconds / n,
         ))
         filled = min(len(v) for v in per_class)
         if filled > 0:
             grids[float(w)] = np.stack([np.stack(v[:filled]) for v in per_class])  # [K, n_grid, C, H, W]
-    fid_name, is_name = metric_names(extractor.name)
-    meta = {"fid_name": fid_name, "is_name": is_name, "feature_network": extractor.cache_key,
-            "reference_count": reference.count, "reference_is": reference.inception_score}
-    return SweepResult(rows, grids, meta)
+    return SweepResult(rows, grids, scorer.meta(n), points)
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -175,58 +211,175 @@ def _fmt_w(w: float) -> str:
     return f"{w:g}"
 
 
+def _pm(value: float | None, std: float | None, digits: int = 3) -> str:
+    """"value ± std" (or "value", or "–" when not measured)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and math.isfinite(std) else "")
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{100.0 * share:.1f} %"
+
+
+def _sweep_kind(result: SweepResult) -> str:
+    return str(result.meta.get("kind", "images"))
+
+
 def markdown_table(result: SweepResult) -> str:
-    """The sweep as a Markdown table, with the metric names spelled out."""
-    fid_name, is_name = result.meta["fid_name"], result.meta["is_name"]
-    head = (f"| w | {fid_name} | {is_name} | n | steps | sampler | seed | guidance | NFE / sample | "
-            "classifier fwd+bwd / sample | s / sample |")
-    lines = [head, "|" + "---|" * 11]
-    best = min(r.fid for r in result.rows)
-    for r in result.rows:
-        fid = f"**{r.fid:.3f}**" if r.fid == best else f"{r.fid:.3f}"
-        lines.append(f"| {_fmt_w(r.w)} | {fid} | {r.inception_score:.3f} ± {r.inception_score_std:.3f} | {r.n} | "
-                     f"{r.steps} | {r.sampler} | {r.seed} | {r.guidance} | {r.nfe_per_sample:g} | "
-                     f"{r.classifier_evals_per_sample:g} | {r.seconds_per_sample:.4f} |")
+    """The sweep as a Markdown table, with the metric names, the sample count N and the references spelled out,
+    each metric ± its spread, and a last row "real (floor)": real data of the same N scored the same way."""
+    meta, rows = result.meta, result.rows
+    n = rows[0].n
+    tail_head = "n | steps | sampler | seed | guidance | NFE / sample | classifier fwd+bwd / sample | s / sample |"
+
+    def tail(r: SweepRow) -> str:
+        return (f"{r.n} | {r.steps} | {r.sampler} | {r.seed} | {r.guidance} | {r.nfe_per_sample:g} | "
+                f"{r.classifier_evals_per_sample:g} | {r.seconds_per_sample:.4f} |")
+
+    if _sweep_kind(result) == "vectors":
+        k = len(rows[0].sliced_wasserstein_per_class or [])
+        head = (f"| w | SW_2 to held-out, N = {n} | SW_2 per class | mean log p̃_w(x\\|c) | -H(p̃_w) (exact "
+                f"sampler) | {tail_head}")
+        lines = [head, "|" + "---|" * 13]
+        best = min(r.sliced_wasserstein for r in rows)
+        for r in rows:
+            sw = _pm(r.sliced_wasserstein, r.sliced_wasserstein_std)
+            per_class = " / ".join("–" if v is None else f"{v:.3f}" for v in (r.sliced_wasserstein_per_class or []))
+            lines.append(f"| {_fmt_w(r.w)} | {f'**{sw}**' if r.sliced_wasserstein == best else sw} | {per_class} | "
+                         f"{_pm(r.log_density, r.log_density_std)} | {_pm(r.log_density_target, None)} | {tail(r)}")
+        if meta.get("sw_floor") is not None:
+            floors = " / ".join(f"{v:.3f}" for v in meta.get("sw_floor_per_class", [])[:k])
+            lines.append(f"| real (floor) | {_pm(meta['sw_floor'], meta.get('sw_floor_std'))} | {floors} | – | – | "
+                         f"{n} | | | | | | | |")
+        return "\n".join(lines) + "\n"
+
+    fid_name, is_name = meta["fid_name"], meta["is_name"]
+    base = meta.get("fid_delta_baseline_w")
+    delta_head = f"Δ vs w = {_fmt_w(base)} (paired)" if base is not None else "Δ (paired)"
+    head = (f"| w | {fid_name}, N = {n} vs training split | {delta_head} | {fid_name}, N = {n} vs test split | "
+            f"{is_name} | near-copies of training images | {tail_head}")
+    lines = [head, "|" + "---|" * 14]
+    best = min(r.fid for r in rows)
+    for r in rows:
+        fid = _pm(r.fid, r.fid_std)
+        fid = f"**{fid}**" if r.fid == best else fid
+        delta = "–" if r.fid_delta is None else f"{r.fid_delta:+.3f}" + (
+            f" ± {r.fid_delta_std:.3f}" if r.fid_delta_std is not None else "")
+        lines.append(f"| {_fmt_w(r.w)} | {fid} | {delta} | {_pm(r.fid_test, r.fid_test_std)} | "
+                     f"{_pm(r.inception_score, r.inception_score_std)} | {_percent(r.memorised)} | {tail(r)}")
+    if meta.get("fid_floor") is not None:
+        copies = _percent(meta.get("memorisation_test_share"))
+        lines.append(f"| real (floor) | {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
+                     f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} | "
+                     f"{_pm(meta.get('test_is'), None)} | {copies} | {n} | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _header_notes(result: SweepResult) -> list[str]:
+    """The lines under the title that say what the table's metrics are measured against."""
+    meta, n = result.meta, result.rows[0].n
+    if _sweep_kind(result) == "vectors":
+        lines = [f"- SW_2: sliced Wasserstein distance (p = 2, {meta.get('sw_projections')} seeded directions) of the "
+                 f"{n} samples to the {meta.get('held_out_count')} held-out points, both class-balanced; ± is the "
+                 f"bootstrap std over {meta.get('sw_bootstrap')} resamples of the samples"]
+        if meta.get("sw_floor") is not None:
+            lines.append(f"- floor: {meta['sw_floor_definition']}: "
+                         f"SW_2 = {_pm(meta['sw_floor'], meta.get('sw_floor_std'))}")
+        if meta.get("log_density_name"):
+            lines.append("- mean log p̃_w(x|c): the samples' mean log-density under the exact guided target "
+                         "p(x|c) p(c|x)^w / Z_c(w) (normalised on a grid), ± its standard error; an exact sampler of "
+                         "p̃_w scores -H(p̃_w); higher is not better beyond that (samples piled on the modes score "
+                         "above it)")
+        return lines
+    fid_name, is_name = meta["fid_name"], meta["is_name"]
+    lines = [f"- {fid_name} of the N = {n} samples against the statistics of the {meta['reference_count']} training "
+             f"images and of the {meta.get('test_count', '?')} held-out test images; ± is the bootstrap std over "
+             f"{meta.get('fid_bootstrap')} resamples of the samples (the spread of FID over redraws of N samples); "
+             "Δ is the difference to the first row, ± its paired bootstrap std (both rows resampled alike: sample "
+             "i starts from the same noise at every w), so |Δ| above about 2 of its std is beyond noise"]
+    if meta.get("fid_floor") is not None:
+        lines.append(f"- floor vs training split: {meta['fid_floor_definition']} = "
+                     f"{_pm(meta['fid_floor'], meta.get('fid_floor_std'))}")
+    if meta.get("fid_test_floor") is not None:
+        lines.append(f"- floor vs test split: {meta['fid_test_floor_definition']} = "
+                     f"{_pm(meta['fid_test_floor'], meta.get('fid_test_floor_std'))}")
+    if meta.get("fid_floor_whole_test") is not None:
+        lines.append(f"- for reference, the whole test split ({meta['fid_floor_whole_test_count']} images) against "
+                     f"the training split: {meta['fid_floor_whole_test']:.3f} (not at N = {n}: do not compare)")
+    if meta.get("memorisation_threshold") is not None:
+        lines.append(f"- near-copies: samples whose nearest training image (L2 in pixels, x in [-1, 1]) is closer "
+                     f"than {meta['memorisation_threshold']:.4g}, the distance that 99 % of the "
+                     f"{meta['memorisation_test_count']} held-out test images exceed "
+                     f"({_percent(meta['memorisation_test_share'])} of them are below it)")
+    lines.append(f"- real data: {is_name} of the training images = {meta['reference_is']:.3f}"
+                 + (f", of the test images = {meta['test_is']:.3f}" if meta.get("test_is") is not None else ""))
+    return lines
+
+
 def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *, title: str,
-                class_names: Sequence[str] | None = None, header_lines: Sequence[str] = ()) -> dict[str, Path]:
-    """Write results.csv/.md/.json, tradeoff.png, metrics_vs_w.png, grids/w_{w}.png and grids_all.png (all w)."""
+                class_names: Sequence[str] | None = None, header_lines: Sequence[str] = (),
+                mixture: GaussianMixture | None = None) -> dict[str, Path]:
+    """Write results.csv/.md/.json, tradeoff.png, metrics_vs_w.png, grids/w_{w}.png, grids_all.png (all w) and
+    report.html (``cfgdiff.report``: all of it on one self-contained page). Vector data: no grids; with the
+    exact ``mixture``, samples.png (exact guided densities above the samples, one column per w)."""
     from cfgdiff.plotting import metrics_vs_w_plot, save_sample_grid, tradeoff_plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    fid_name, is_name = result.meta["fid_name"], result.meta["is_name"]
-    floor = result.meta.get("fid_floor")
+    vectors = _sweep_kind(result) == "vectors"
 
     paths["csv"] = out / "results.csv"
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(result.rows[0])))
         writer.writeheader()
         for r in result.rows:
-            writer.writerow(asdict(r))
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in asdict(r).items()})
 
     paths["md"] = out / "results.md"
-    lines = [f"# {title}", "", *header_lines]
-    if floor is not None:
-        lines.append(f"- floor: {fid_name} between the digits test split and the training split = {floor:.3f} "
-                     f"(the test split's {result.meta.get('floor_count', '?')} images against the training split)")
-    lines.append(f"- real data: {is_name} of the {result.meta['reference_count']} reference images = "
-                 f"{result.meta['reference_is']:.3f}; FID is measured against their statistics")
-    lines += ["", markdown_table(result)]
+    lines = [f"# {title}", "", *header_lines, *_header_notes(result), "", markdown_table(result)]
     paths["md"].write_text("\n".join(lines))
     paths["json"] = out / "results.json"
-    paths["json"].write_text(json.dumps({"title": title, "meta": result.meta,
-                                         "rows": [asdict(r) for r in result.rows]}, indent=2) + "\n")
+    paths["json"].write_text(json.dumps(_finite_or_none({"title": title, "meta": result.meta,
+                                                         "rows": [asdict(r) for r in result.rows]}),
+                                        indent=2) + "\n")
 
-    curve = {title: ([r.w for r in result.rows], [r.fid for r in result.rows],
-                     [r.inception_score for r in result.rows])}
+    def nan_if_none(values: Sequence[float | None]) -> list[float]:
+        return [math.nan if v is None else float(v) for v in values]
+
+    ws = [r.w for r in result.rows]
+    if vectors:
+        fid_name, is_name = "SW_2 to held-out points", "mean log p̃_w(x|c)"
+        floor = result.meta.get("sw_floor")
+        curve = {title: (ws, nan_if_none([r.sliced_wasserstein for r in result.rows]),
+                         nan_if_none([r.log_density for r in result.rows]))}
+    else:
+        fid_name = f"{result.meta['fid_name']}\nN = {result.rows[0].n} vs training split"
+        is_name = result.meta["is_name"]
+        floor = result.meta.get("fid_floor")
+        curve = {title: (ws, nan_if_none([r.fid for r in result.rows]),
+                         nan_if_none([r.inception_score for r in result.rows]))}
     paths["tradeoff"] = out / "tradeoff.png"
     tradeoff_plot(curve, paths["tradeoff"], fid_label=fid_name, is_label=is_name, fid_floor=floor)
     paths["vs_w"] = out / "metrics_vs_w.png"
     metrics_vs_w_plot(curve, paths["vs_w"], fid_label=fid_name, is_label=is_name, fid_floor=floor)
+    if result.points and mixture is not None:
+        from cfgdiff.plotting import toy_guidance_figure
+
+        paths["samples"] = out / "samples.png"
+        toy_guidance_figure(mixture, ws, result.points, paths["samples"])
     if result.grids:
         paths["grids_all"] = out / "grids_all.png"
         save_sample_grid(result.grids, paths["grids_all"], class_names=class_names,
@@ -236,6 +389,9 @@ def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *, title: str,
         paths[f"grid_{_fmt_w(w)}"] = out / "grids" / name
         save_sample_grid({w: grid}, out / "grids" / name, class_names=class_names,
                          title=f"{result.rows[0].guidance} guidance, {result.rows[0].steps} steps")
+    from cfgdiff.report import REPORT_FILE, write_report  # the page reads back what was just written
+
+    paths["report"] = write_report([out], out / REPORT_FILE)
     return paths
 
 
@@ -246,5 +402,10 @@ def load_sweep(path: str | os.PathLike) -> tuple[str, dict[str, Any], list[Sweep
 
 
 def best_row(rows: Sequence[SweepRow]) -> SweepRow:
-    """The row with the lowest FID."""
-    return min(rows, key=lambda r: r.fid if math.isfinite(r.fid) else float("inf"))
+    """The row with the lowest FID (vector data: the lowest sliced Wasserstein distance)."""
+
+    def key(r: SweepRow) -> float:
+        value = r.fid if r.fid is not None else r.sliced_wasserstein
+        return value if value is not None and math.isfinite(value) else float("inf")
+
+    return min(rows, key=key)

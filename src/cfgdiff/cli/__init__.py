@@ -27,6 +27,10 @@ COMMAND_MODULES = {
     "eval": "eval",
     "toy": "toy",
     "train-classifier": "train_classifier",
+    "train-features": "train_features",
+    "distill": "distill",
+    "report": "report",
+    "serve": "serve",
 }
 
 __all__ = ["COMMAND_MODULES", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from cfgdiff.cli.arguments import UsageError, device, float_list, positive_int, progress
+from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
+from cfgdiff.cli.model_source import add_model_source_options, load_model_source
 from cfgdiff.cli.sample import add_sampler_options, interval_weight, sampler_kwargs
 
 EXIT_OK = 0
@@ -16,20 +18,28 @@ SMALL_N = 500  # below this many samples per w, FID's upward bias and spread swa
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="FID and IS across guidance weights: table, trade-off plots, sample grids",
-                       description="Sample N class-balanced images at each w from the same seeds, score FID and "
-                                   "IS against the real data, and write results.{csv,md,json}, tradeoff.png, "
-                                   "metrics_vs_w.png, grids_all.png and one grid per w.")
-    p.add_argument("run_dir", type=Path, help="run directory of a trained diffusion model")
+                       description="Sample N class-balanced images at each w from the same seeds, score FID "
+                                   "against the training and the held-out test split (each ± a bootstrap spread, "
+                                   "beside real images of the same N: the floor), IS and the share of near-copies "
+                                   "of training images, and write results.{csv,md,json}, tradeoff.png, "
+                                   "metrics_vs_w.png, grids_all.png and one grid per w. 2-D data (gmm2d) is scored "
+                                   "by the sliced Wasserstein distance to held-out points and the exact guided "
+                                   "log-density instead (samples.png).")
+    add_model_source_options(p, data_option=True)
     p.add_argument("--w", type=float_list, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0],
                    help="guidance weights in the paper's convention (default 0,0.1,0.2,0.3,0.5,1,2,4)")
     p.add_argument("--n", type=int, default=2000, help="samples per w, class-balanced (default 2000)")
     add_sampler_options(p, steps=128, sampler="ancestral")
-    p.add_argument("--guidance", default="cfg",
-                   help="cfg: (1+w) eps(z,c) - w eps(z); classifier: eps(z,c) - w sigma grad log p_phi(c|z)")
-    p.add_argument("--classifier", type=Path, default=None, help="noisy-classifier run dir (--guidance classifier)")
+    add_guidance_options(p)
     p.add_argument("--inception-weights", type=Path, default=None,
-                   help="FID Inception-v3 weights file (needs the 'inception' extra); default: the data set's "
-                        "own feature classifier (digits)")
+                   help="FID Inception-v3 weights file (needs the 'inception' extra); default: --features, else "
+                        "the data set's shipped feature classifier (digits)")
+    p.add_argument("--features", type=Path, default=None,
+                   help="run directory of a feature classifier trained by 'cfgdiff train-features' on this data: "
+                        "its penultimate features give FID, its softmax IS")
+    p.add_argument("--bootstrap", type=int, default=100,
+                   help="bootstrap resamples of the samples behind each FID (or SW) spread; 0: no spread "
+                        "(default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=250,
                    help="rows per sampling chunk (default 250)")
@@ -44,9 +54,9 @@ def add_parser(sub) -> None:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    parts = ["cfgdiff eval", str(args.run_dir), "--w", ",".join(f"{w:g}" for w in args.w), "--n", str(args.n),
+    parts = ["cfgdiff eval", *args.model_args, "--w", ",".join(f"{w:g}" for w in args.w), "--n", str(args.n),
              "--steps", str(args.steps), "--sampler", args.sampler, "--seed", str(args.seed),
-             "--batch-size", str(args.batch_size), "--guidance", args.guidance]
+             "--batch-size", str(args.batch_size), *args.guidance_argv]
     if args.sampler == "ancestral":
         parts += ["--v-interp", f"{args.v_interp:g}"]
     if args.grid is not None:
@@ -55,87 +65,154 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--eta", f"{args.eta:g}"]
     if args.interval is not None:
         parts += ["--interval", ",".join(f"{v:g}" for v in args.interval)]
-    if args.classifier is not None:
-        parts += ["--classifier", str(args.classifier)]
     if args.inception_weights is not None:
         parts += ["--inception-weights", str(args.inception_weights)]
+    if args.features is not None:
+        parts += ["--features", str(args.features)]
+    if args.bootstrap != 100:
+        parts += ["--bootstrap", str(args.bootstrap)]
     if args.no_clip:
         parts.append("--no-clip")
     return " ".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    from cfgdiff.checkpoint import read_metadata
-    from cfgdiff.data import load_dataset
-    from cfgdiff.evaluation import run_sweep, write_sweep
+def _pm(value: float | None, std: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def _scorer(args: argparse.Namespace, meta: dict, data: str, model):
+    """(the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None)."""
+    from cfgdiff.data import DataSpec, load_dataset
     from cfgdiff.features import feature_extractor_for
-    from cfgdiff.metrics import fid_floor, reference_statistics
-    from cfgdiff.training import CHECKPOINT_FILE, load_model
+    from cfgdiff.metrics import ImageScorer, VectorScorer, near_copy_detector, reference_statistics
+    from cfgdiff.toy import GaussianMixture
+
+    spec = DataSpec.from_json(meta["data_spec"]) if meta.get("data_spec") else DataSpec(source=data)
+    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+    bootstrap = args.bootstrap if args.bootstrap >= 2 else 0
+    if not train.is_image:
+        if args.inception_weights is not None or args.features is not None:
+            raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points, not images: it is scored by the "
+                             "sliced Wasserstein distance to held-out points, without a feature network")
+        mixture = GaussianMixture.three_gaussians() if spec.source == "gmm2d" else None
+        return spec, VectorScorer(test.x, test.labels, train.num_classes, train=train.x, train_labels=train.labels,
+                                  mixture=mixture, bootstrap=bootstrap, seed=args.seed), mixture
+    extractor = feature_extractor_for(spec, args.inception_weights, args.features, data_shape=train.data_shape,
+                                      device=args.device)
+    scorer = ImageScorer(extractor, reference_statistics(train, "train", extractor),
+                         reference_statistics(test, "test", extractor),
+                         near_copies=near_copy_detector(train, test, device=args.device), bootstrap=bootstrap,
+                         seed=args.seed)
+    return spec, scorer, None
+
+
+def _summary(result) -> list[str]:
+    """What eval prints: the floors at the sweep's N, then one line per w, N beside every distance."""
+    meta, n = result.meta, result.rows[0].n
+    if meta.get("kind") == "vectors":
+        lines = []
+        if meta.get("sw_floor") is not None:
+            lines.append(f"floor: SW_2 of N = {n} training points to the held-out points = "
+                         f"{_pm(meta['sw_floor'], meta.get('sw_floor_std'))}")
+        for row in result.rows:
+            per_class = ", ".join("–" if v is None else f"{v:.3f}" for v in row.sliced_wasserstein_per_class or [])
+            line = (f"w = {row.w:g}: SW_2 to held-out = {_pm(row.sliced_wasserstein, row.sliced_wasserstein_std)} "
+                    f"(N = {row.n}; per class {per_class})")
+            if row.log_density is not None:
+                line += (f", mean log p̃_w(x|c) = {_pm(row.log_density, row.log_density_std)} (exact sampler "
+                         f"{row.log_density_target:.3f})")
+            lines.append(line + f", NFE/sample = {row.nfe_per_sample:g}")
+        return lines
+    fid_name, is_name = meta["fid_name"], meta["is_name"]
+    lines = []
+    if meta.get("fid_floor") is not None:
+        lines.append(f"floor at N = {n}: {fid_name} = {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} vs "
+                     f"training split ({n} held-out test images, {meta['fid_floor_method']}), "
+                     f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} vs test split "
+                     f"({n} training images)")
+    for row in result.rows:
+        copies = "" if row.memorised is None else f", near-copies {100 * row.memorised:.1f} %"
+        delta = "" if row.fid_delta is None else (f" (Δ vs w = {meta['fid_delta_baseline_w']:g}: "
+                                                 f"{row.fid_delta:+.3f}" + ("" if row.fid_delta_std is None else
+                                                                            f" ± {row.fid_delta_std:.3f} paired")
+                                                 + ")")
+        lines.append(f"w = {row.w:g}: {fid_name} = {_pm(row.fid, row.fid_std)} vs training split{delta}, "
+                     f"{_pm(row.fid_test, row.fid_test_std)} vs test split (N = {row.n}), {is_name} = "
+                     f"{_pm(row.inception_score, row.inception_score_std)}{copies} "
+                     f"(NFE/sample = {row.nfe_per_sample:g}, {row.seconds_per_sample * 1e3:.1f} ms/sample)")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from cfgdiff.cli.distill import distilled_student
+    from cfgdiff.distillation.evaluate import sweep_student
+    from cfgdiff.evaluation import run_sweep, write_sweep
 
     if args.n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
-    if args.guidance not in ("cfg", "classifier"):
-        raise UsageError(f"--guidance must be cfg or classifier, got {args.guidance!r}")
-    if args.guidance == "classifier" and args.classifier is None:
-        raise UsageError("--guidance classifier needs --classifier RUN_DIR (train one with cfgdiff train-classifier)")
-    if args.classifier is not None and args.guidance != "classifier":
-        raise UsageError("--classifier is only used with --guidance classifier")
     if args.inception_weights is not None and not args.inception_weights.is_file():
         raise UsageError(f"--inception-weights: no file at {args.inception_weights}")
+    if args.inception_weights is not None and args.features is not None:
+        raise UsageError("--inception-weights and --features name two feature networks: give one")
+    if args.bootstrap < 0 or args.bootstrap == 1:
+        raise UsageError(f"--bootstrap must be 0 (no spread) or at least 2, got {args.bootstrap}")
     interval_weight(args, 0.0)  # check --interval before any work
-    log_prob_fn = None
-    classifier_line = ""
-    if args.guidance == "classifier":
-        from cfgdiff.classifier import describe, load_classifier
-
-        classifier = load_classifier(args.classifier, device=args.device)
-        log_prob_fn = classifier.log_prob_fn
-        classifier_line = f"- classifier: {args.classifier} ({describe(classifier.train_meta)})"
-    ckpt = args.run_dir / CHECKPOINT_FILE if args.run_dir.is_dir() else args.run_dir
-    meta = read_metadata(ckpt)
-    data = meta.get("data", "")
-    model = load_model(args.run_dir, ema=not args.raw_weights, device=args.device)
-    if log_prob_fn is not None and tuple(classifier.data_shape) != tuple(model.data_shape):
-        raise UsageError(f"the classifier takes {tuple(classifier.data_shape)}, the model makes "
-                         f"{tuple(model.data_shape)}")
-    kwargs = sampler_kwargs(args, model.x_bound)
-    extractor = feature_extractor_for(data, args.inception_weights)
-    reference = reference_statistics(data, "train", extractor)
-    floor = fid_floor(data, extractor)
+    source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
+    source.check_guidance(args.w, args.guidance)
+    student = distilled_student(args, source, args.w)  # a distilled run: student.at(w), 1 row per step; else None
+    args.model_args = source.command_args
+    meta, model = source.meta, source.eps_fn
+    data = source.require_data() if source.kind == "diffusers" else source.data
+    choice = guidance_from_args(args, model, ws=[0.0] if student else args.w, x_bound=source.x_bound,
+                                device=args.device, ema=not args.raw_weights)  # checked before any work
+    args.guidance_argv = choice.argv
+    kwargs = sampler_kwargs(args, source.x_bound)
+    kwargs.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
+    spec, scorer, mixture = _scorer(args, meta, data, model)
     out = args.out if args.out is not None else (
-        args.run_dir / "eval" / f"{args.guidance}-{args.sampler}-T{args.steps}")
+        source.home / "eval" / f"{'distilled' if student else args.guidance}-{args.sampler}-T{args.steps}")
     if args.n < SMALL_N:
-        print(f"cfgdiff: warning: --n {args.n} is below {SMALL_N}: FID is biased upward at small N and its spread "
-              "is larger than most differences between w; compare only rows of equal N", file=sys.stderr)
+        print(f"cfgdiff: warning: --n {args.n} is below {SMALL_N}: distances to real data (FID, SW) are biased "
+              "upward at small N and their spread (± in the table) is larger than most differences between w; "
+              "compare rows only with each other and with the floor at the same N", file=sys.stderr)
     total = len(args.w) * args.n
     bar = progress(total, f"eval ({args.guidance}, {args.sampler}, {args.steps} steps)", args.no_progress)
     t0 = time.perf_counter()
     with bar:
-        result = run_sweep(model, args.w, n=args.n, steps=args.steps, extractor=extractor, reference=reference,
+        sweep = partial(sweep_student, student) if student else partial(run_sweep, model)
+        result = sweep(args.w, n=args.n, steps=args.steps, scorer=scorer,
                            sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
-                           guidance=args.guidance, log_prob_fn=log_prob_fn, grid_per_class=args.grid_per_class,
+                           guidance=choice.method, guidance_params=choice.params, grid_per_class=args.grid_per_class,
                            device=args.device, on_chunk=bar.update,
                            weight_schedule=(lambda w: interval_weight(args, w)) if args.interval else None,
                            **kwargs)
     seconds = time.perf_counter() - t0
-    result.meta.update({"fid_floor": floor, "floor_count": len(load_dataset(data, "test")),
-                        "seconds": seconds, "command": _command_line(args), "run_dir": str(args.run_dir),
+    result.meta.update({"data": spec.source, "data_spec": spec.to_json(), "seconds": seconds,
+                        "command": _command_line(args),
+                        "run_dir": str(args.run_dir or args.diffusers),
                         "train_step": int(meta.get("step", 0)),
-                        "p_uncond": meta.get("train_config", {}).get("p_uncond")})
+                        "p_uncond": meta.get("train_config", {}).get("p_uncond"),
+                        "guidance": choice.method, "guidance_params": choice.record()})
+    model_line = (f"- model: {args.run_dir} (step {result.meta['train_step']}, p_uncond {result.meta['p_uncond']})"
+                  if source.kind == "run" else f"- model: {source.description}")
     header = [f"- command: `{result.meta['command']}`",
-              f"- model: {args.run_dir} (step {result.meta['train_step']}, p_uncond {result.meta['p_uncond']})",
+              model_line,
               f"- {args.n} samples per w (class-balanced), {args.steps} {args.sampler} steps, seed {args.seed}; "
               f"sweep wall time {seconds:.0f} s"]
-    if classifier_line:
-        header.append(classifier_line)
-    title = f"{'Classifier-free' if args.guidance == 'cfg' else 'Classifier'} guidance sweep, {data}"
+    if choice.method != "cfg":
+        header += choice.lines
+    title = f"{choice.title.split(' (')[0]} sweep, {data}"
+    if student:  # already guided: one network row per step at any w, no guidance wrapper
+        header.append(f"- {student.describe()}; one network row per step at every w")
+        title = f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}"
     names = tuple(getattr(model, "class_names", ())) or None
-    paths = write_sweep(result, out, title=title, class_names=names, header_lines=header)
-    fid_name, is_name = result.meta["fid_name"], result.meta["is_name"]
-    print(f"{fid_name} floor (test vs train split): {floor:.3f}")
-    for row in result.rows:
-        print(f"w = {row.w:g}: {fid_name} = {row.fid:.3f}, {is_name} = {row.inception_score:.3f} "
-              f"(n = {row.n}, NFE/sample = {row.nfe_per_sample:g}, {row.seconds_per_sample * 1e3:.1f} ms/sample)")
+    paths = write_sweep(result, out, title=title, class_names=names, header_lines=header, mixture=mixture)
+    for line in _summary(result):
+        print(line)
     written = [p.name for key, p in paths.items() if not key.startswith("grid_")]
     print(f"wrote {', '.join(written)} and {len(result.grids)} per-w grids in {out / 'grids'} to {out} "
           f"({seconds:.0f} s)")

@@ -13,23 +13,36 @@ from cfgdiff.cli.arguments import (
     UsageError,
     device,
     float_list,
-    int_list,
     positive_int,
     progress,
     resolve_weights,
     unit_float,
 )
+from cfgdiff.cli.distill import distilled_student
+from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
+from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
 from cfgdiff.generate import DEFAULT_BATCH_SIZE
 from cfgdiff.samplers import SAMPLERS
 
 EXIT_OK = 0
 
 
+class RecordGiven(argparse.Action):
+    """Store the value and add the option's dest to ``args.given``: a default can then be told from the same value
+    given explicitly (a progressive-distilled run samples with its own steps and sampler unless they are given)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = frozenset(getattr(namespace, "given", frozenset())) | {self.dest}
+
+
 def add_sampler_options(p: argparse.ArgumentParser, *, steps: int, sampler: str) -> None:
     """Options every sampling command shares: sampler, steps, grid, v, eta, interval, clipping."""
-    p.add_argument("--steps", type=positive_int("--steps"), default=steps, help=f"sampling steps (default {steps})")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler,
-                   help=f"sampler (default {sampler}; ancestral is the paper's Algorithm 2)")
+    p.add_argument("--steps", type=positive_int("--steps"), default=steps, action=RecordGiven,
+                   help=f"sampling steps (default {steps}; a progressive-distilled run: its own)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler, action=RecordGiven,
+                   help=f"sampler (default {sampler}; ancestral is the paper's Algorithm 2; a progressive-distilled "
+                        "run: ddim)")
     p.add_argument("--grid", choices=("cosine", "uniform", "edm"), default=None,
                    help="log-SNR grid of the sampler (default: cosine; heun: edm)")
     p.add_argument("--v-interp", type=unit_float("--v-interp"), default=0.3,
@@ -70,7 +83,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample a grid across guidance weights from a trained run",
                        description="Draw samples of every class at each guidance weight w, from the same noise, "
                                    "and write one PNG panel per w plus an .npz of the samples.")
-    p.add_argument("run_dir", type=Path, help="run directory (or its checkpoint.safetensors)")
+    add_model_source_options(p)
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--w", type=float_list, default=None,
                          help="guidance weights in the paper's convention, comma-separated (default 0,1,3); "
@@ -79,8 +92,10 @@ def add_parser(sub) -> None:
                          help="guidance scales s = w + 1 (the diffusers / k-diffusion convention)")
     p.add_argument("--n-per-class", type=positive_int("--n-per-class"), default=8,
                    help="samples per class in each panel (default 8)")
-    p.add_argument("--classes", type=int_list, default=None, help="class indices, comma-separated (default: all)")
+    p.add_argument("--classes", type=class_list, default=None,
+                   help="class indices or names, comma-separated (default: all)")
     add_sampler_options(p, steps=128, sampler="ancestral")
+    add_guidance_options(p)
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=DEFAULT_BATCH_SIZE,
                    help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_BATCH_SIZE})")
@@ -95,28 +110,26 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.contract import CountingEpsFn
     from cfgdiff.generate import generate_samples
-    from cfgdiff.guidance import cfg
     from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
     from cfgdiff.toy import GaussianMixture
-    from cfgdiff.training import load_model
 
     ws = resolve_weights(args, [0.0, 1.0, 3.0])
-    model = load_model(args.run_dir, ema=not args.raw_weights, device=args.device)
-    num_classes = model.num_classes
-    classes = args.classes if args.classes is not None else list(range(num_classes))
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad:
-        raise UsageError(f"--classes: label {bad[0]} outside [0, {num_classes}) for this model")
-    run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
-    out = args.out if args.out is not None else run_dir / "samples" / "grid.png"
+    source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
+    source.check_guidance(ws, getattr(args, "guidance", "cfg"))
+    student = distilled_student(args, source, ws)  # a distilled run: student.at(w), 1 row per step; else None
+    model = source.eps_fn
+    choice = guidance_from_args(args, model, ws=[0.0] if student else ws, x_bound=source.x_bound,
+                                device=args.device, ema=not args.raw_weights)  # checked before any work
+    classes = source.class_indices(args.classes)
+    out = args.out if args.out is not None else source.home / "samples" / "grid.png"
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png path, got {out}")
-    is_image = len(model.data_shape) == 3
+    is_image = len(source.image_shape) == 3
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
-    kwargs = sampler_kwargs(args, model.x_bound)
+    kwargs = sampler_kwargs(args, source.x_bound)
     kwargs.update(autocast=args.autocast, channels_last=args.channels_last, compile_network=args.compile)
+    kwargs.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
     interval_weight(args, 0.0)  # check --interval before any work
 
     samples: dict[float, torch.Tensor] = {}
@@ -125,32 +138,32 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with bar:
         for w in ws:
-            counter: list[CountingEpsFn] = []
+            counted = choice.counting_guide()  # counts the rows of every network the guidance calls (NFE)
 
-            def counted_cfg(network, weight, counter=counter):  # counts network rows (NFE) under guidance
-                counter.append(CountingEpsFn(network))
-                return cfg(counter[-1], interval_weight(args, weight))
+            def counted_guide(network, weight, counted=counted):
+                return counted(network, interval_weight(args, weight))
 
-            samples[w] = generate_samples(
-                model, labels, w=w, sampler=args.sampler, steps=args.steps, batch_size=args.batch_size,
+            samples[w] = generate_samples(  # a student at w is already guided: CFG weight 0 is its one row
+                student.at(w) if student else model, labels, w=0.0 if student else w, sampler=args.sampler,
+                steps=args.steps, batch_size=args.batch_size,
                 seed=args.seed, device=args.device, on_chunk=bar.update,  # same noise in every w panel
-                guide=counted_cfg, **kwargs,
+                guide=counted_guide, **kwargs,
             )
-            nfe[w] = counter[0].rows / labels.shape[0]  # a guided step counts 2 rows
+            nfe[w] = counted.rows / labels.shape[0]  # a guided step counts 2 rows
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = getattr(model, "class_names", ()) or tuple(str(c) for c in range(num_classes))
+    names = source.class_names
     if is_image:
-        grid = {w: x.reshape(len(classes), args.n_per_class, *model.data_shape).numpy() for w, x in samples.items()}
+        grid = {w: x.reshape(len(classes), args.n_per_class, *source.image_shape).numpy() for w, x in samples.items()}
         save_sample_grid(grid, out, class_names=[names[c] for c in classes])
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
                             {w: (x.numpy(), labels.numpy()) for w, x in samples.items()}, out)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
-                        w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed,
+                        w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
                         nfe_per_sample=np.array([nfe[w] for w in ws]))
-    per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws)
+    per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (" (distilled: one row per step)" if student else "")
     print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s); "
           f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")
     return EXIT_OK
