@@ -57,10 +57,15 @@ def _run(world, run_dir, **job):
     waits for ever, so the group is given a deadline, killed and started once more on a new port."""
     if world == 1:
         return _job(run_dir, **job)
+    backup = run_dir.with_name(run_dir.name + ".before")
+    if job.get("resume"):  # a second try must resume from the same state as the first
+        shutil.copytree(run_dir, backup)
     for _attempt in range(2):
         if _run_group(world, run_dir, job, deadline=time.monotonic() + 120):
             return None
         shutil.rmtree(run_dir, ignore_errors=True)
+        if job.get("resume"):
+            shutil.copytree(backup, run_dir)
     raise AssertionError(f"the {world}-process group failed twice")
 
 
