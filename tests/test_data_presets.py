@@ -84,3 +84,38 @@ def test_table_lists_every_preset_with_growing_sizes():
         params = [r["params"] for r in rows if r["family"] == family]
         assert params == sorted(params) and len(set(params)) == 3, family
         assert sum(r["cpu_default"] for r in rows if r["family"] == family) == 1
+
+
+def test_default_config_takes_the_preset_of_the_data_shape():
+    from cfgdiff.training import DATA_DEFAULTS, default_config
+
+    assert default_config("digits").model == DATA_DEFAULTS["digits"]["model"]  # no --model: the built-in defaults
+    for size in SIZES:
+        assert default_config("digits", size=size).model == preset_for((1, 8, 8), size)["model"]
+        assert default_config("gmm2d", size=size).model == preset_for((2,), size)["model"]
+        config = default_config("/some/path", data_shape=(3, 32, 32), size=size, steps=7)
+        assert config.model == preset_for((3, 32, 32), size)["model"] and config.steps == 7  # flags win
+    assert default_config("/p", data_shape=(3, 32, 32), device="cuda").model == preset_for((3, 32, 32), "base")["model"]
+
+
+def test_train_model_flag_and_knobs(tmp_path, capsys):
+    import json
+
+    from cfgdiff.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--run-dir", str(run), "--steps", "1", "--batch-size", "4", "--no-progress"]
+    assert main([*argv, "--model", "small", "--num-res-blocks", "2", "--attn-levels", "none", "--dropout", "0.1"]) == 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model == {**preset_for((1, 8, 8), "small")["model"], "num_res_blocks": 2, "attn_levels": [], "dropout": 0.1}
+    capsys.readouterr()
+    # the architecture is the run's: --model cannot change on --resume
+    assert main([*argv, "--steps", "2", "--resume", "--model", "large"]) == 2
+    assert "--model cannot change on --resume" in capsys.readouterr().err
+    # knobs no network can take, or that the data's network does not have: one line, nothing written
+    for extra, needle in ((["--attn-levels", "5"], "out of range"), (["--channel-mults", "0,1"], ">= 1"),
+                          (["--data", "gmm2d", "--dropout", "0.1"], "trains an mlp")):
+        bad = tmp_path / "bad"
+        assert main(["train", "--run-dir", str(bad), "--steps", "1", "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and not bad.exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -50,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("the noisy classifier is for image data; gmm2d is not")
     extra = {}
     if spec != DataSpec(source=spec.source):  # options beyond the source travel as the DataSpec
-        if "data_spec" not in {f.name for f in dataclasses.fields(ClassifierConfig)}:
-            raise UsageError("train-classifier takes --data only (no other data options) in this version")
         extra["data_spec"] = spec.to_json()
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / f"{Path(spec.source).name}-classifier"
     config = ClassifierConfig(data=spec.source, **extra, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
