@@ -119,3 +119,20 @@ def test_train_model_flag_and_knobs(tmp_path, capsys):
         assert main(["train", "--run-dir", str(bad), "--steps", "1", "--no-progress", *extra]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1 and not bad.exists()
+
+
+def test_train_hflip_flag_reaches_the_loop(tmp_path, capsys):
+    import json
+
+    from cfgdiff.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--run-dir", str(run), "--steps", "1", "--batch-size", "4", "--hflip",
+                 "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["hflip"] is True
+    assert "random flips" in capsys.readouterr().err  # the banner says so
+    assert main(["train", "--data", "digits", "--run-dir", str(run), "--steps", "2", "--resume", "--no-hflip"]) == 2
+    assert "--hflip cannot change on --resume" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    assert main(["train", "--data", "gmm2d", "--run-dir", str(bad), "--steps", "1", "--hflip", "--no-progress"]) == 2
+    assert "need image data" in capsys.readouterr().err and not bad.exists()

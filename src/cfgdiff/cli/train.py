@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from cfgdiff.cli.arguments import (
+    UsageError,
     device,
     level_list,
     nonnegative_float,
@@ -17,6 +18,7 @@ from cfgdiff.cli.arguments import (
     progress,
 )
 from cfgdiff.cli.arguments import unit_float as _unit_float
+from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
 from cfgdiff.cli.training_options import add_loop_options, loop_changes
 
@@ -99,14 +101,13 @@ def run(args: argparse.Namespace) -> int:
         "p_uncond": args.p_uncond, "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay,
         "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every, "seed": args.seed, "device": args.device,
-        "hflip": getattr(args, "hflip", None), **loop_changes(args),
+        **loop_changes(args),
     }
     overrides = {k: v for k, v in changes.items() if k != "data"}
     overrides["device"] = args.device or "cpu"
     if args.resume and args.model is not None:
-        print("error: --model cannot change on --resume (the architecture is fixed by the run); start a new run "
-              "with --run-dir or --overwrite", file=sys.stderr)
-        return 2
+        raise UsageError("--model cannot change on --resume (the architecture is fixed by the run); start a new run "
+                         "with --run-dir or --overwrite")
     config = default_config(data, data_shape=data_shape, size=args.model, **overrides)
     config.data_spec = data_spec
     knobs = {"base_channels": args.base_channels, "channel_mults": args.channel_mults,
@@ -114,16 +115,11 @@ def run(args: argparse.Namespace) -> int:
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if knobs:
         if config.model.get("arch", "unet") != "unet":
-            print(f"error: {', '.join('--' + k.replace('_', '-') for k in knobs)} set U-Net knobs, but {data} "
-                  f"trains an {config.model['arch']}", file=sys.stderr)
-            return 2
+            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in knobs)} set U-Net knobs, but {data} "
+                             f"trains an {config.model['arch']}")
         config.model.update(knobs)
         if not args.resume:
-            try:
-                _check_model(config)
-            except ValueError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
+            _check_model(config)  # ValueError: one line, exit 2
         changes["model"] = {**config.model}
     bar = None
     t0 = time.perf_counter()
@@ -137,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
               f"(train split, {len(trainer.dataset)} examples) at step {trainer.step} of {tc.steps}, "
               f"batch {tc.batch_size}, lr {tc.lr:g}, p_uncond={tc.p_uncond}, run dir {run_dir}", file=sys.stderr)
         print(f"  {_runtime_line(trainer)}", file=sys.stderr)
+        write_resolved_config(args, run_dir / RESOLVED_CONFIG_FILE,  # beside config.json; --config reads it back
+                              fill={**trainer.config.to_json(), "run_dir": run_dir})
         bar = progress(tc.steps, "train", args.no_progress)
         bar.unit = "step"
         bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only

@@ -12,14 +12,17 @@ from typing import Any
 
 from cfgdiff.cli.arguments import nonnegative_float, nonnegative_int, positive_int
 
-# option dest = LoopConfig field (--hflip/--no-hflip is a data option, cfgdiff.cli.data_options)
-LOOP_OPTIONS = ("grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast", "compile",
+# option dest = LoopConfig field
+LOOP_OPTIONS = ("hflip", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast", "compile",
                 "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers", "tensorboard")
 
 
 def add_loop_options(p: argparse.ArgumentParser) -> None:
     """Add the loop's options to a training command's parser."""
     g = p.add_argument_group("training loop (distribution, checkpoints, precision, batches)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips of the training images (default: on for RGB folders and CIFAR, "
+                        "off for the MNIST family and digits); fixed for the run (not changeable on --resume)")
     g.add_argument("--grad-accum", type=positive_int("--grad-accum"), default=None, metavar="K",
                    help="micro-batches per optimizer step and process, for a global --batch-size larger than "
                         "memory: each process computes batch/(processes*K) examples at a time (default 1)")

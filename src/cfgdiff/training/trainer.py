@@ -103,6 +103,8 @@ class Trainer:
         self._ddp: nn.Module | None = None
         self.net = self._wrap(model)
         self.generator = torch.Generator(device=self.device).manual_seed(self.rank_seed())
+        if loop.hflip and not dataset.is_image:
+            raise ValueError("random horizontal flips (--hflip) need image data; this data set holds vectors")
         hflip = loop.hflip if loop.hflip is not None else bool(getattr(dataset, "hflip_default", False))
         self.stream = BatchStream(
             dataset, batch_size=loop.batch_size, micro_batches=loop.grad_accum, rank=self.dist.rank,
