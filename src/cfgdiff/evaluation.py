@@ -20,6 +20,9 @@ between rows come from w, not from the draw. Network evaluations are counted, no
 is denoiser rows per sample (2 per guided classifier-free step, 1 per unguided step), and
 ``classifier_evals_per_sample`` counts classifier forward+backward passes (classifier guidance only).
 
+Under torchrun (``dist``), the ranks split the chunks of every w and rank 0 scores the gathered samples, once:
+the result is the one-process result (``cfgdiff.distributed_sampling``); the other ranks get an empty result.
+
 This module prints nothing and parses nothing; the CLI owns both.
 """
 
@@ -39,11 +42,12 @@ import numpy as np
 import torch
 
 from cfgdiff.contract import CountingEpsFn, EpsFn
+from cfgdiff.distributed_sampling import iter_samples_sharded, sum_over_ranks
 from cfgdiff.features import FeatureExtractor
-from cfgdiff.generate import iter_samples
 from cfgdiff.guidance import GuidanceWeight, LogProbFn, classifier_guidance, guidance_method, make_guide
 from cfgdiff.metrics import ImageScorer, ReferenceStats, SampleScorer
 from cfgdiff.toy import GaussianMixture
+from cfgdiff.training.distributed import DistContext
 
 GuideFn = Callable[[EpsFn, GuidanceWeight], EpsFn]
 
@@ -132,6 +136,7 @@ def run_sweep(
     device: torch.device | str = "cpu",
     on_chunk: Callable[[int], None] | None = None,
     weight_schedule: Callable[[float], GuidanceWeight] | None = None,
+    dist: DistContext | None = None,
     **sampler_kwargs: Any,
 ) -> SweepResult:
     """The metrics of ``n`` samples at each w (see the module docstring). ``scorer`` measures them (default:
@@ -140,10 +145,13 @@ def run_sweep(
     arguments in ``guidance_params``; classifier guidance needs ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels
     | z_λ) (here or in the params), autoguidance its ``guide`` network, whose rows count in ``nfe_per_sample`` too.
     ``weight_schedule(w)`` turns each row's w into the weight passed to the guidance (e.g. a guidance interval
-    around w)."""
+    around w). ``dist``: this process's place in a torchrun group; the ranks split the samples, rank 0 scores all of
+    them and returns the one-process result, the other ranks return an empty ``SweepResult`` (no rows) and need
+    no scorer."""
     if n < 2:
         raise ValueError(f"need n >= 2 samples for a covariance, got {n}")
-    if scorer is None:
+    main = dist is None or dist.is_main  # the process that scores (every process when not distributed)
+    if scorer is None and main:
         if extractor is None or reference is None:
             raise ValueError("run_sweep needs a scorer, or a feature extractor and reference statistics")
         scorer = ImageScorer(extractor, reference)
@@ -171,14 +179,15 @@ def run_sweep(
             extra.reset()
         if counting_cls is not None:
             counting_cls.rows = 0
-        acc = scorer.new_set()
+        acc = scorer.new_set() if main else None
         per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
         seconds = 0.0
         offset = 0
         t_start = time.perf_counter()
         weight = weight_schedule(float(w)) if weight_schedule is not None else float(w)
-        for x in iter_samples(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
-                               batch_size=batch_size, guide=guide, device=device, **sampler_kwargs):
+        for x in iter_samples_sharded(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
+                                      batch_size=batch_size, guide=guide, device=device, dist=dist,
+                                      **sampler_kwargs):  # other ranks: nothing (their chunks go to rank 0)
             seconds += time.perf_counter() - t_start
             acc.add(x, labels[offset:offset + x.shape[0]])
             for i, c in enumerate(labels[offset:offset + x.shape[0]].tolist()):
@@ -188,20 +197,24 @@ def run_sweep(
             if on_chunk is not None:
                 on_chunk(x.shape[0])
             t_start = time.perf_counter()
+        denoiser_rows = sum_over_ranks(counting.rows + sum(extra.rows for extra in counting_extra), dist)
+        classifier_rows = sum_over_ranks(counting_cls.rows if counting_cls is not None else 0, dist)
+        if not main:
+            continue
         scores = acc.finish(float(w))
         if hasattr(acc, "points"):
             points[float(w)] = acc.points
         rows.append(SweepRow(
             w=float(w), **scores, n=n, steps=steps,
             sampler=sampler, seed=seed, guidance=guidance,
-            nfe_per_sample=(counting.rows + sum(extra.rows for extra in counting_extra)) / n,
-            classifier_evals_per_sample=(counting_cls.rows / n) if counting_cls is not None else 0.0,
+            nfe_per_sample=denoiser_rows / n,
+            classifier_evals_per_sample=(classifier_rows / n) if counting_cls is not None else 0.0,
             seconds_per_sample=seconds / n,
         ))
         filled = min(len(v) for v in per_class)
         if filled > 0:
             grids[float(w)] = np.stack([np.stack(v[:filled]) for v in per_class])  # [K, n_grid, C, H, W]
-    return SweepResult(rows, grids, scorer.meta(n), points)
+    return SweepResult(rows, grids, scorer.meta(n) if main else {}, points)
 
 
 # -- writing ---------------------------------------------------------------------------------------------

@@ -145,6 +145,7 @@ def iter_samples(
     channels_last: bool = False,
     compile_network: bool | str = False,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] = (0, 1),
     **sampler_kwargs: Any,
 ) -> Iterator[torch.Tensor]:
     """Samples for ``labels`` chunk by chunk: yields [<= batch_size, *data_shape] on the CPU, one chunk held at
@@ -159,7 +160,17 @@ def iter_samples(
     ``compile_network`` go to ``prepare_eps_fn``.
     To count network evaluations, pass a ``cfgdiff.contract.CountingEpsFn``. ``decode(x)`` maps each chunk before
     it is yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
+
+    ``shard = (rank, world_size)``: run only the chunks j ≡ rank (mod world_size) of the schedule above (chunk j
+    holds samples [j·batch_size, (j+1)·batch_size)), each with the very rows and noise streams it has in one
+    process; ``cfgdiff.distributed_sampling`` gathers them back into the one-process order. Needs ``seed``
+    when world_size > 1 (every rank must derive the same run seed).
     """
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    if world_size > 1 and seed is None:
+        raise ValueError("sharded sampling needs a seed: every rank must derive the same per-sample noise streams")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if batch_size < 1:
@@ -172,7 +183,7 @@ def iter_samples(
     network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
                              compile_network=compile_network)
     guided = guide(network, w)
-    for start in range(0, labels.shape[0], batch_size):
+    for start in range(rank * batch_size, labels.shape[0], world_size * batch_size):
         chunk = labels[start:start + batch_size].to(device)
         stop = start + chunk.shape[0]
         x = sample_fn(guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
