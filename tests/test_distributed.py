@@ -170,4 +170,5 @@ def test_torchrun_command(tmp_path):
     assert result.returncode == 0, "torchrun failed: " + result.stderr[-3000:]
     assert result.stdout.count("done: step 3") == 1 and result.stderr.count("training mlp") == 1
     assert "2 process(es) x 1 micro-batch(es) of 4" in result.stderr
-    assert {p.name for p in run.iterdir()} == RUN_FILES | {DIFFUSION_LAYOUT.step_file(s) for s in (0, 3)}
+    assert {p.name for p in run.iterdir()} == RUN_FILES | {"resolved_config.toml"} | {
+        DIFFUSION_LAYOUT.step_file(s) for s in (0, 3)}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from cfgdiff.checkpoint import CheckpointError
 from cfgdiff.cli.arguments import Parser, UsageError
+from cfgdiff.cli.config_file import add_config_option, apply_config_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,6 +32,7 @@ COMMAND_MODULES = {
     "distill": "distill",
     "report": "report",
     "serve": "serve",
+    "info": "info",
 }
 
 __all__ = ["COMMAND_MODULES", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
@@ -42,6 +44,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     for module in COMMAND_MODULES.values():
         importlib.import_module(f"cfgdiff.cli.{module}").add_parser(sub)
+    add_config_option(sub)  # --config FILE.toml on every command (cfgdiff.cli.config_file)
     return parser
 
 
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not argv:  # bare `cfgdiff`: the usage and the commands, exit 2 as for any missing argument
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        args = parser.parse_args(argv)
+        args = parser.parse_args(apply_config_file(parser, argv))  # --config: the file's options, flags override
         if getattr(args, "func", None) is None:
             raise UsageError("a command is required; see cfgdiff --help")
         return args.func(args)
@@ -67,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cfgdiff: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # the file system refused a read or write the checks before could not foresee
+        if os.environ.get("CFGDIFF_DEBUG"):
+            raise
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"cfgdiff: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_FAILED
     except TrainingDiverged as err:
         print(f"cfgdiff: training stopped: {err}; the last good checkpoint is kept", file=sys.stderr)
         return EXIT_FAILED

@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -106,6 +107,27 @@ def positive_float(name: str) -> Callable[[str], float]:
 def nonnegative_float(name: str) -> Callable[[str], float]:
     """A finite number >= 0."""
     return checked(name, float, lambda v: v >= 0, "be >= 0")
+
+
+def output_path(flag: str, *, directory: bool = False) -> Callable[[str], Path]:
+    """An argparse type: a path a command will write, a file (or a ``directory``), refused at once when something is
+    in the way: the path itself is a directory (a file), or one of its parents is a file."""
+    want, other = ("a directory", "a file") if directory else ("a file", "a directory")
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{flag} needs a path, got {text!r}")
+        path = Path(text)
+        if path.exists() and path.is_dir() != directory:
+            raise argparse.ArgumentTypeError(f"{flag} {text} is {other}, not {want}")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise argparse.ArgumentTypeError(f"{flag} {text}: {parent} is a file, not a directory")
+                break
+        return path
+
+    return parse
 
 
 def device(text: str) -> str:

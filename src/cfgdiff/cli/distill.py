@@ -22,6 +22,7 @@ from cfgdiff.cli.arguments import (
     device,
     nonnegative_float,
     nonnegative_int,
+    output_path,
     positive_float,
     positive_int,
     progress,
@@ -64,7 +65,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("teacher", type=Path, metavar="RUN_DIR",
                    help="the teacher: a trained run (stage 1) or a distilled run (--progressive)")
-    p.add_argument("--run-dir", type=Path, required=True, help="the student's run directory")
+    p.add_argument("--run-dir", type=output_path("--run-dir", directory=True),
+                   required=True, help="the student's run directory")
     p.add_argument("--w-range", type=_w_range, default=None, metavar="W_MIN,W_MAX",
                    help="guidance weights (the paper's w) the student learns, drawn uniformly; required for stage 1, "
                         "e.g. 0,4; with --progressive: the teacher's range (default) or a range inside it. The "

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError, device, float_list, positive_int, progress
+from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, positive_int, progress
+from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
 from cfgdiff.cli.sample import add_sampler_options, interval_weight, sampler_kwargs
@@ -47,7 +48,7 @@ def add_parser(sub) -> None:
                    help="samples per class in each grid (default 8)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=output_path("--out", directory=True), default=None,
                    help="output directory (default RUN_DIR/eval/GUIDANCE-SAMPLER-TSTEPS)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -146,10 +147,24 @@ def _summary(result) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cfgdiff.distributed_sampling import init_sampling
+
+    dist, args.device = init_sampling(args.device)  # under torchrun: join its group, each rank on its own device
+    try:
+        return _evaluate(args, dist)
+    finally:
+        dist.shutdown()
+
+
+def _evaluate(args: argparse.Namespace, dist) -> int:
+    """``run`` in one process, or as one rank of torchrun's group: the ranks split the samples of each w
+    (``cfgdiff.distributed_sampling``), rank 0 scores them all, once, with the one-process result, and alone
+    writes and prints."""
     from functools import partial
 
     from cfgdiff.cli.distill import distilled_student
     from cfgdiff.distillation.evaluate import sweep_student
+    from cfgdiff.distributed_sampling import main_only
     from cfgdiff.evaluation import run_sweep, write_sweep
 
     if args.n < 2:
@@ -172,25 +187,31 @@ def run(args: argparse.Namespace) -> int:
     args.guidance_argv = choice.argv
     kwargs = sampler_kwargs(args, source.x_bound)
     kwargs.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
-    spec, scorer, mixture = _scorer(args, meta, data, model)
+    scoring, ok = main_only(lambda: _scorer(args, meta, data, model), dist)  # rank 0 alone scores
+    if not ok:
+        return 2  # rank 0 stopped on bad input and says why
+    spec, scorer, mixture = scoring if dist.is_main else (None, None, None)
     out = args.out if args.out is not None else (
         source.home / "eval" / f"{'distilled' if student else args.guidance}-{args.sampler}-T{args.steps}")
-    if args.n < SMALL_N:
+    if args.n < SMALL_N and dist.is_main:
         print(f"cfgdiff: warning: --n {args.n} is below {SMALL_N}: distances to real data (FID, SW) are biased "
               "upward at small N and their spread (± in the table) is larger than most differences between w; "
               "compare rows only with each other and with the floor at the same N", file=sys.stderr)
     total = len(args.w) * args.n
-    bar = progress(total, f"eval ({args.guidance}, {args.sampler}, {args.steps} steps)", args.no_progress)
+    bar = progress(total, f"eval ({args.guidance}, {args.sampler}, {args.steps} steps)",
+                   args.no_progress or not dist.is_main)
     t0 = time.perf_counter()
     with bar:
         sweep = partial(sweep_student, student) if student else partial(run_sweep, model)
         result = sweep(args.w, n=args.n, steps=args.steps, scorer=scorer,
                            sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
                            guidance=choice.method, guidance_params=choice.params, grid_per_class=args.grid_per_class,
-                           device=args.device, on_chunk=bar.update,
+                           device=args.device, on_chunk=bar.update, dist=dist,
                            weight_schedule=(lambda w: interval_weight(args, w)) if args.interval else None,
                            **kwargs)
     seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return EXIT_OK  # this rank's samples went to rank 0, which scores and writes them
     result.meta.update({"data": spec.source, "data_spec": spec.to_json(), "seconds": seconds,
                         "command": _command_line(args),
                         "run_dir": str(args.run_dir or args.diffusers),
@@ -211,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}"
     names = tuple(getattr(model, "class_names", ())) or None
     paths = write_sweep(result, out, title=title, class_names=names, header_lines=header, mixture=mixture)
+    paths["config"] = write_resolved_config(args, out / RESOLVED_CONFIG_FILE, fill={"out": out})  # for --config
     for line in _summary(result):
         print(line)
     written = [p.name for key, p in paths.items() if not key.startswith("grid_")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError
+from cfgdiff.cli.arguments import UsageError, output_path
 
 EXIT_OK = 0
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                                    "own sweep already.")
     p.add_argument("sweeps", type=Path, nargs="+", metavar="DIR",
                    help="eval output directories (each holding results.json and grids/)")
-    p.add_argument("--out", type=Path, required=True, help="the HTML file to write (e.g. page.html)")
+    p.add_argument("--out", type=output_path("--out"), required=True, help="the HTML file to write (e.g. page.html)")
     p.add_argument("--title", default=None, help="page title (default: the sweep's title, or 'Guidance sweeps "
                                                  "compared')")
     p.add_argument("--labels", type=_labels, default=None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,11 +12,13 @@ from cfgdiff.cli.arguments import (
     UsageError,
     device,
     float_list,
+    output_path,
     positive_int,
     progress,
     resolve_weights,
     unit_float,
 )
+from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.distill import distilled_student
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
@@ -101,7 +102,7 @@ def add_parser(sub) -> None:
                    help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
+    p.add_argument("--out", type=output_path("--out"), default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--autocast", action="store_true", help="run the network under bf16 autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
@@ -110,7 +111,20 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.generate import generate_samples
+    from cfgdiff.distributed_sampling import init_sampling
+
+    dist, args.device = init_sampling(args.device)  # under torchrun: join its group, each rank on its own device
+    try:
+        return _sample(args, dist)
+    finally:
+        dist.shutdown()
+
+
+def _sample(args: argparse.Namespace, dist) -> int:
+    """``run`` in one process, or as one rank of torchrun's group: the ranks split the samples of each w
+    (``cfgdiff.distributed_sampling``), rank 0 gets them all, bit for bit those of one process, and alone writes
+    and prints."""
+    from cfgdiff.distributed_sampling import generate_samples_sharded, sum_over_ranks
     from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
     from cfgdiff.toy import GaussianMixture
 
@@ -134,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
     samples: dict[float, torch.Tensor] = {}
     nfe: dict[float, float] = {}
-    bar = progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)", args.no_progress)
+    bar = progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)",
+                   args.no_progress or not dist.is_main)
     t0 = time.perf_counter()
     with bar:
         for w in ws:
@@ -143,14 +158,16 @@ def run(args: argparse.Namespace) -> int:
             def counted_guide(network, weight, counted=counted):
                 return counted(network, interval_weight(args, weight))
 
-            samples[w] = generate_samples(  # a student at w is already guided: CFG weight 0 is its one row
+            samples[w] = generate_samples_sharded(  # a student at w is already guided: CFG weight 0 is its one row
                 student.at(w) if student else model, labels, w=0.0 if student else w, sampler=args.sampler,
                 steps=args.steps, batch_size=args.batch_size,
                 seed=args.seed, device=args.device, on_chunk=bar.update,  # same noise in every w panel
-                guide=counted_guide, **kwargs,
+                guide=counted_guide, dist=dist, **kwargs,
             )
-            nfe[w] = counted.rows / labels.shape[0]  # a guided step counts 2 rows
+            nfe[w] = sum_over_ranks(counted.rows, dist) / labels.shape[0]  # a guided step counts 2 rows
     seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return EXIT_OK  # this rank's samples went to rank 0, which writes them
     out.parent.mkdir(parents=True, exist_ok=True)
     names = source.class_names
     if is_image:
@@ -163,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
                         nfe_per_sample=np.array([nfe[w] for w in ws]))
+    write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
     per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (" (distilled: one row per step)" if student else "")
     print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s); "
           f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")

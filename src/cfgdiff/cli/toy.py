@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cfgdiff.cli.arguments import UsageError, float_list, positive_int, unit_float
+from cfgdiff.cli.arguments import UsageError, float_list, output_path, positive_int, unit_float
 from cfgdiff.samplers import SAMPLERS
 
 EXIT_OK = 0
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral", help="sampler (default ancestral)")
     p.add_argument("--v-interp", type=unit_float("--v-interp"), default=0.3, help="the paper's v (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
-    p.add_argument("--out", type=Path, default=Path("toy.png"), help="PNG path (default toy.png)")
+    p.add_argument("--out", type=output_path("--out"), default=Path("toy.png"), help="PNG path (default toy.png)")
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,7 @@ from cfgdiff.cli.arguments import (
     level_list,
     nonnegative_float,
     nonnegative_int,
+    output_path,
     positive_float,
     positive_int,
     progress,
@@ -37,7 +38,8 @@ def add_parser(sub) -> None:
     add_data_options(p, data_help=f"a built-in data set ({', '.join(sorted(DATASETS))}), a path (format found from "
                                   "its content), or hf:PATH (default: digits; on --resume: the run's)",
                      hflip=False)  # --hflip is a loop option (training_options)
-    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/DATA)")
+    p.add_argument("--run-dir", type=output_path("--run-dir", directory=True), default=None,
+                   help="run directory (default: runs/DATA)")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
                    help="total optimizer steps (default by data set: 4000 for digits, 3000 for gmm2d; "
                         "on --resume: the run's total, or a larger total to train further)")

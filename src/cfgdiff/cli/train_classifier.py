@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError, device, positive_float, positive_int, progress
+from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int, progress
 from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
 from cfgdiff.cli.training_options import add_loop_options, loop_changes
 
@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     add_data_options(p, data_help=f"image data: {', '.join(sorted(k for k in DATASETS if k != 'gmm2d'))}, a path "
                                   "(format found from its content), or hf:PATH (default: digits)",
                      hflip=False)  # flips are the training loop's option (LoopConfig.hflip)
-    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/DATA-classifier)")
+    p.add_argument("--run-dir", type=output_path("--run-dir", directory=True),
+                   default=None, help="run directory (default runs/DATA-classifier)")
     p.add_argument("--steps", type=positive_int("--steps"), default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=positive_float("--lr"), default=2e-3, help="peak AdamW learning rate (default 2e-3)")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError, device, positive_float, positive_int, progress
+from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int, progress
 from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
 from cfgdiff.cli.training_options import add_loop_options, loop_changes
 
@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
                                    "RUN_DIR/features.safetensors, for 'cfgdiff eval RUN --features RUN_DIR'.")
     add_data_options(p, data_help="image data: digits, a path (format found from its content), or hf:PATH "
                                   "(default: digits)", hflip=False)  # flips are the loop's option
-    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/DATA-features)")
+    p.add_argument("--run-dir", type=output_path("--run-dir", directory=True),
+                   default=None, help="run directory (default runs/DATA-features)")
     p.add_argument("--name", default=None,
                    help="the data's name in metric names, 'FID (NAME-classifier features)' (default: the data "
                         "set's name)")
