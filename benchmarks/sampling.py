@@ -31,7 +31,6 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # lucidrains' loops draw progress bars
 
 import argparse
-import csv
 import importlib.util
 import math
 import platform
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from markdown_report import Report  # beside this script
 
 import cfgdiff
 from cfgdiff.contract import null_labels
@@ -119,38 +119,6 @@ def random_unet32(base_channels: int, seed: int = 0) -> UNet:
 
 
 # -- output --------------------------------------------------------------------------------------------
-
-
-class Report:
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.lines: list[str] = []
-        self.rows: list[dict] = []
-
-    def text(self, line: str = "") -> None:
-        print(line, flush=True)
-        self.lines.append(line)
-
-    def table(self, section: str, rows: list[dict], columns: list[str]) -> None:
-        self.text("")
-        self.text("| " + " | ".join(columns) + " |")
-        self.text("|" + "|".join("---" for _ in columns) + "|")
-        for row in rows:
-            self.text("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
-            self.rows.append({"section": section, **{c: row.get(c, "") for c in columns}})
-        self.text("")
-        self.write()
-
-    def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text("\n".join(self.lines) + "\n")
-        keys: list[str] = []
-        for row in self.rows:
-            keys += [k for k in row if k not in keys]
-        with open(self.out.with_suffix(".csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
 
 
 def _fmt(value) -> str:
@@ -605,7 +573,7 @@ def main(argv=None) -> int:
     sections = [s for s in args.sections.split(",") if s]
     torch.set_num_threads(args.threads)
 
-    rep = Report(args.out)
+    rep = Report(args.out, cell=_fmt, csv_all_keys=False)  # only the shown columns, as shown
     rep.text("# cfgdiff sampling benchmark")
     rep.text(f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -636,9 +604,7 @@ def main(argv=None) -> int:
         section_quality(rep, digits, args)
     if "lucidrains_quality" in sections:
         section_lucidrains_quality(rep, digits, args)
-    rep.text(f"Total benchmark time: {time.perf_counter() - t_start:.0f} s.")
-    rep.write()
-    print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
+    rep.finish(time.perf_counter() - t_start)
     return 0
 
 

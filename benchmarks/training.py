@@ -43,7 +43,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
 import copy
-import csv
 import json
 import platform
 import resource
@@ -55,6 +54,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from markdown_report import Report  # beside this script
 
 ALL_SECTIONS = ("trainer", "ddp", "memory", "chunks")
 PRESETS = {"digits": ((1, 8, 8), None), "28x28/small": ((1, 28, 28), "small"), "32x32/small": ((3, 32, 32), "small")}
@@ -151,36 +151,6 @@ def machine_line(threads: int | None) -> str:
     return (f"Machine: {cpu}, {os.cpu_count()} CPUs visible{gpu}; torch {torch.__version__}; Python "
             f"{platform.python_version()}; threads: {threads if threads else 'torch default'} (section 4 sets its "
             f"own); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-
-
-class Report:
-    def __init__(self, out: Path) -> None:
-        self.out, self.lines, self.rows = out, [], []
-
-    def text(self, line: str = "") -> None:
-        print(line, flush=True)
-        self.lines.append(line)
-
-    def table(self, section: str, rows: list[dict], columns: list[str]) -> None:
-        self.text("")
-        self.text("| " + " | ".join(columns) + " |")
-        self.text("|" + "---|" * len(columns))
-        for row in rows:
-            self.text("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
-            self.rows.append({"section": section, **row})
-        self.text("")
-        self.write()
-
-    def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text("\n".join(self.lines) + "\n")
-        keys: list[str] = []
-        for row in self.rows:
-            keys += [k for k in row if k not in keys]
-        with open(self.out.with_suffix(".csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
 
 
 def run_worker(kind: str, spec: dict, *, threads: int | None, nproc: int = 1, timeout: float = 3600) -> dict:
@@ -625,9 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             section(rep, args)
             rep.text(f"(section {name}: {time.perf_counter() - t0:.0f} s)")
             rep.text("")
-    rep.text(f"Total benchmark time: {time.perf_counter() - t_start:.0f} s.")
-    rep.write()
-    print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
+    rep.finish(time.perf_counter() - t_start)
     return 0
 
 

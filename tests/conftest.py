@@ -27,3 +27,10 @@ def digits_run(tmp_path_factory):
                                    "num_res_blocks": 1, "emb_dim": 32, "groups": 4})
     train(config, run_dir)
     return run_dir
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh cfgdiff cache directory (CFGDIFF_CACHE_DIR) for one test."""
+    monkeypatch.setenv("CFGDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,6 +1,27 @@
-"""Helpers shared by the sampler, solver and guidance tests."""
+"""Helpers shared by the tests: moments and orders of samplers and solvers, a row-wise eps_fn, and running the
+command line (``run_cli``, ``assert_usage_error``)."""
 
 import torch
+
+
+def run_cli(capsys, argv):
+    """``cfgdiff ARGV`` in this process (arguments made strings): (exit code, stdout, stderr)."""
+    from cfgdiff.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_usage_error(capsys, argv, needle=None):
+    """``cfgdiff ARGV`` fails as a usage error: exit 2 and one line ``cfgdiff: error: ...`` holding ``needle``."""
+    code, _, err = run_cli(capsys, argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
+    assert "Traceback" not in err
+    if needle:
+        assert needle in lines[0], lines[0]
 
 
 def moment_error(gm, x, labels):

@@ -18,9 +18,9 @@ from cfgdiff.adapters.diffusers import (  # noqa: E402
     load_diffusers,
 )
 from cfgdiff.adapters.discrete import logsnr_grid_from_timesteps  # noqa: E402
-from cfgdiff.cli import main  # noqa: E402
 from cfgdiff.guidance import cfg  # noqa: E402
 from cfgdiff.samplers import sample_ddim, sample_dpmpp_2m  # noqa: E402
+from tests.helpers import assert_usage_error, run_cli  # noqa: E402
 
 # diffusers' DPM-Solver scheduler builds a numpy array from a tensor the way numpy 2 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -259,25 +259,11 @@ def test_the_samplers_stay_in_the_trained_range(unet):
 # -- the command line ----------------------------------------------------------------------------------------
 
 
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_usage_error(capsys, argv, needle):
-    code, _, err = _run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
-    assert needle in lines[0], lines[0]
-
-
 def test_cli_sample_latent_dit_with_class_names(capsys, dit_dir, tmp_path):
     import numpy as np
 
     out = tmp_path / "dit.png"
-    code, stdout, err = _run(capsys, [
+    code, stdout, err = run_cli(capsys, [
         "sample", "--diffusers", str(dit_dir), "--classes", "goldfish,Tinca tinca,2", "--w", "0,1.5",
         "--n-per-class", "2", "--steps", "3", "--sampler", "dpmpp_2m", "--out", str(out), "--no-progress"])
     assert code == 0, err
@@ -290,7 +276,7 @@ def test_cli_sample_latent_dit_with_class_names(capsys, dit_dir, tmp_path):
 
 def test_cli_sample_unet_every_sampler_option(capsys, unet_dir, tmp_path):
     out = tmp_path / "u.png"
-    code, _, err = _run(capsys, [
+    code, _, err = run_cli(capsys, [
         "sample", "--diffusers", str(unet_dir), "--null-label", "10", "--guidance-scale", "2", "--classes", "3",
         "--n-per-class", "3", "--steps", "4", "--sampler", "heun", "--interval", "0.5,5", "--batch-size", "2",
         "--out", str(out), "--no-progress"])
@@ -300,7 +286,7 @@ def test_cli_sample_unet_every_sampler_option(capsys, unet_dir, tmp_path):
 def test_cli_eval_unet_on_digits_features(capsys, unet_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CFGDIFF_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "eval"
-    code, stdout, err = _run(capsys, [
+    code, stdout, err = run_cli(capsys, [
         "eval", "--diffusers", str(unet_dir), "--null-label", "10", "--data", "digits", "--w", "0,1", "--n", "20",
         "--steps", "2", "--sampler", "ddim", "--out", str(out), "--no-progress"])
     assert code == 0, err
@@ -314,18 +300,18 @@ def test_cli_bad_inputs_exit_2_with_one_line(capsys, dit_dir, unet_dir, tmp_path
     monkeypatch.chdir(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(empty)], "not a saved diffusers pipeline")
-    _assert_usage_error(capsys, ["sample", "--diffusers", "facebook/DiT-XL-2-256"], "save_pretrained")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(tmp_path / "nowhere")], "no folder at")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(unet_dir), "--w", "1"], "no null")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(dit_dir), "--classes", "zebra"],
-                        "no class named 'zebra'")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(dit_dir), "--null-label", "5000"], "null label 5000")
-    _assert_usage_error(capsys, ["eval", "--diffusers", str(dit_dir)], "needs --data")
-    _assert_usage_error(capsys, ["eval", "--diffusers", str(dit_dir), "--data", "digits"], "the model makes (3, 8, 8)")
-    _assert_usage_error(capsys, ["sample", "runs/x", "--diffusers", str(dit_dir)], "not both")
-    _assert_usage_error(capsys, ["sample"], "--diffusers DIR")
-    _assert_usage_error(capsys, ["sample", "runs/x", "--null-label", "3"], "--null-label goes with --diffusers")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(empty)], "not a saved diffusers pipeline")
+    assert_usage_error(capsys, ["sample", "--diffusers", "facebook/DiT-XL-2-256"], "save_pretrained")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(tmp_path / "nowhere")], "no folder at")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(unet_dir), "--w", "1"], "no null")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(dit_dir), "--classes", "zebra"],
+                       "no class named 'zebra'")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(dit_dir), "--null-label", "5000"], "null label 5000")
+    assert_usage_error(capsys, ["eval", "--diffusers", str(dit_dir)], "needs --data")
+    assert_usage_error(capsys, ["eval", "--diffusers", str(dit_dir), "--data", "digits"], "the model makes (3, 8, 8)")
+    assert_usage_error(capsys, ["sample", "runs/x", "--diffusers", str(dit_dir)], "not both")
+    assert_usage_error(capsys, ["sample"], "--diffusers DIR")
+    assert_usage_error(capsys, ["sample", "runs/x", "--null-label", "3"], "--null-label goes with --diffusers")
     assert not any(p.suffix == ".png" for p in tmp_path.rglob("*"))
 
 
@@ -335,7 +321,7 @@ def test_cli_refuses_an_unconditional_model(capsys, tmp_path):
                                    block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                                    up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
     path = _save_unet_pipeline(tmp_path / "uncond", uncond, "epsilon")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(path), "--w", "1"], "no class conditioning")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(path), "--w", "1"], "no class conditioning")
 
 
 def test_cli_refuses_pickled_weights(capsys, unet_dir, tmp_path):
@@ -347,4 +333,4 @@ def test_cli_refuses_pickled_weights(capsys, unet_dir, tmp_path):
     (path / "scheduler" / "scheduler_config.json").write_text(
         (unet_dir / "scheduler" / "scheduler_config.json").read_text())
     (path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not read")
-    _assert_usage_error(capsys, ["sample", "--diffusers", str(path), "--w", "0"], "never unpickles")
+    assert_usage_error(capsys, ["sample", "--diffusers", str(path), "--w", "0"], "never unpickles")

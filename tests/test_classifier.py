@@ -1,5 +1,7 @@
 """The noisy classifier p_φ(c | z_λ, λ): shapes, gradients for guidance, checkpoints, resume, the CLI."""
 
+import json
+
 import pytest
 import torch
 
@@ -51,6 +53,8 @@ def test_train_save_resume_load(tmp_path):
         train_classifier(config, tmp_path)
     _, meta = train_classifier(ClassifierConfig(steps=5, batch_size=8, base_channels=8), tmp_path, resume=True)
     assert meta["step"] == 5 and meta["train_config"]["checkpoint_every"] == 2  # the stored config continues
+    events = [json.loads(line) for line in (tmp_path / "classifier-loss.jsonl").read_text().splitlines()]
+    assert [e for e in events if "event" in e] == [{"event": "resume", "step": 3, "changed": {"steps": [3, 5]}}]
 
 
 def test_load_rejects_other_checkpoints(tmp_path, digits_run):

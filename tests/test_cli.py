@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfgdiff.cli import main
 from cfgdiff.training import CHECKPOINT_FILE, Trainer
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_usage_error(capsys, argv, *, needle=None):
-    code, _, err = _run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
-    assert "Traceback" not in err
-    if needle:
-        assert needle in lines[0], lines[0]
+from tests.helpers import assert_usage_error, run_cli
 
 
 def test_sample_writes_grid_and_npz(capsys, digits_run, tmp_path):
     out = tmp_path / "grid.png"
-    code, stdout, _ = _run(capsys, [
+    code, stdout, _ = run_cli(capsys, [
         "sample", str(digits_run), "--w", "0,1,3", "--n-per-class", "2", "--steps", "3",
         "--sampler", "ddim", "--out", str(out), "--no-progress",
     ])
@@ -47,8 +31,8 @@ def test_sample_writes_grid_and_npz(capsys, digits_run, tmp_path):
 
 def test_sample_guidance_scale_is_w_plus_one(capsys, digits_run, tmp_path):
     out = tmp_path / "g.png"
-    code, _, _ = _run(capsys, ["sample", str(digits_run), "--guidance-scale", "1,2.5", "--classes", "3",
-                               "--n-per-class", "1", "--steps", "2", "--out", str(out), "--no-progress"])
+    code, _, _ = run_cli(capsys, ["sample", str(digits_run), "--guidance-scale", "1,2.5", "--classes", "3",
+                                 "--n-per-class", "1", "--steps", "2", "--out", str(out), "--no-progress"])
     assert code == 0
     assert list(np.load(out.with_suffix(".npz"))["w"]) == [0.0, 1.5]
 
@@ -56,15 +40,15 @@ def test_sample_guidance_scale_is_w_plus_one(capsys, digits_run, tmp_path):
 def test_sample_vector_data_draws_scatter(capsys, gmm_run, tmp_path):
     run_dir, _ = gmm_run
     out = tmp_path / "gmm.png"
-    code, _, _ = _run(capsys, ["sample", str(run_dir), "--w", "0,2", "--n-per-class", "50", "--steps", "16",
-                               "--out", str(out), "--no-progress"])
+    code, _, _ = run_cli(capsys, ["sample", str(run_dir), "--w", "0,2", "--n-per-class", "50", "--steps", "16",
+                                 "--out", str(out), "--no-progress"])
     assert code == 0 and out.exists()
     assert np.load(out.with_suffix(".npz"))["samples"].shape == (2, 150, 2)
 
 
 def test_toy_figure(capsys, tmp_path):
     out = tmp_path / "toy.png"
-    code, _, _ = _run(capsys, ["toy", "--w", "0,3", "--n-per-class", "50", "--steps", "16", "--out", str(out)])
+    code, _, _ = run_cli(capsys, ["toy", "--w", "0,3", "--n-per-class", "50", "--steps", "16", "--out", str(out)])
     assert code == 0 and Image.open(out).size[0] > 0
 
 
@@ -82,7 +66,7 @@ def test_toy_figure(capsys, tmp_path):
 ])
 def test_bad_arguments(capsys, tmp_path, argv, needle):
     os.chdir(tmp_path)
-    _assert_usage_error(capsys, argv, needle=needle)
+    assert_usage_error(capsys, argv, needle=needle)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -97,37 +81,37 @@ def test_bad_arguments(capsys, tmp_path, argv, needle):
 ])
 def test_bad_sample_arguments_write_nothing(capsys, digits_run, tmp_path, extra, needle):
     out = tmp_path / "never.png"
-    _assert_usage_error(capsys, ["sample", str(digits_run), "--out", str(out), "--no-progress", *extra],
-                        needle=needle)
+    assert_usage_error(capsys, ["sample", str(digits_run), "--out", str(out), "--no-progress", *extra],
+                       needle=needle)
     assert not out.exists() and not out.with_suffix(".npz").exists()
 
 
 def test_bad_checkpoints(capsys, tmp_path, digits_run):
-    _assert_usage_error(capsys, ["sample", str(tmp_path / "nowhere")], needle="no checkpoint")
+    assert_usage_error(capsys, ["sample", str(tmp_path / "nowhere")], needle="no checkpoint")
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     data = (digits_run / CHECKPOINT_FILE).read_bytes()
     (truncated / CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])
-    _assert_usage_error(capsys, ["sample", str(truncated)], needle="truncated")
+    assert_usage_error(capsys, ["sample", str(truncated)], needle="truncated")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / CHECKPOINT_FILE).write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94.")
-    _assert_usage_error(capsys, ["sample", str(pickled)], needle="safetensors")
+    assert_usage_error(capsys, ["sample", str(pickled)], needle="safetensors")
     assert not (truncated / "samples").exists() and not (pickled / "samples").exists()
 
 
 def test_train_refuses_existing_run_and_resumes(capsys, tmp_path):
     run_dir = tmp_path / "run"
     base = ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--batch-size", "16", "--no-progress"]
-    assert _run(capsys, [*base, "--steps", "4"])[0] == 0
+    assert run_cli(capsys, [*base, "--steps", "4"])[0] == 0
     before = (run_dir / CHECKPOINT_FILE).read_bytes()
-    _assert_usage_error(capsys, [*base, "--steps", "4"], needle="already holds a run")
+    assert_usage_error(capsys, [*base, "--steps", "4"], needle="already holds a run")
     assert (run_dir / CHECKPOINT_FILE).read_bytes() == before
-    _assert_usage_error(capsys, ["train", "--data", "gmm2d", "--run-dir", str(tmp_path / "none"), "--resume"],
-                        needle="nothing to resume")
-    code, out, _ = _run(capsys, [*base, "--steps", "6", "--resume"])
+    assert_usage_error(capsys, ["train", "--data", "gmm2d", "--run-dir", str(tmp_path / "none"), "--resume"],
+                       needle="nothing to resume")
+    code, out, _ = run_cli(capsys, [*base, "--steps", "6", "--resume"])
     assert code == 0 and "step 6" in out
-    assert _run(capsys, [*base, "--steps", "2", "--overwrite"])[0] == 0
+    assert run_cli(capsys, [*base, "--steps", "2", "--overwrite"])[0] == 0
 
 
 def test_train_nonfinite_loss_exits_1_and_keeps_checkpoint(capsys, tmp_path, monkeypatch):
@@ -135,8 +119,8 @@ def test_train_nonfinite_loss_exits_1_and_keeps_checkpoint(capsys, tmp_path, mon
     monkeypatch.setattr(Trainer, "loss_on_batch",
                         lambda self, x, c: original(self, x, c) * (math.nan if self.step >= 5 else 1.0))
     run_dir = tmp_path / "run"
-    code, _, err = _run(capsys, ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--steps", "20",
-                                 "--batch-size", "8", "--checkpoint-every", "4", "--no-progress"])
+    code, _, err = run_cli(capsys, ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--steps", "20",
+                                   "--batch-size", "8", "--checkpoint-every", "4", "--no-progress"])
     assert code == 1 and "loss is nan" in err and "Traceback" not in err
     from cfgdiff.checkpoint import read_metadata
     assert read_metadata(run_dir / CHECKPOINT_FILE)["step"] == 4
@@ -161,13 +145,13 @@ def test_python_dash_m_exit_status(tmp_path):
 def test_unavailable_device_is_one_line_and_writes_nothing(capsys, tmp_path, command, dev, digits_run):
     os.chdir(tmp_path)
     argv = [str(digits_run) if a == "RUN" else a for a in command]
-    _assert_usage_error(capsys, [*argv, "--device", dev], needle="device")
+    assert_usage_error(capsys, [*argv, "--device", dev], needle="device")
     assert not any(tmp_path.iterdir())
 
 
 def _train_gmm(capsys, run_dir, *extra):
-    return _run(capsys, ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--batch-size", "16",
-                         "--no-progress", *extra])
+    return run_cli(capsys, ["train", "--data", "gmm2d", "--run-dir", str(run_dir), "--batch-size", "16",
+                           "--no-progress", *extra])
 
 
 def test_resume_honours_optimisation_flags_and_records_them(capsys, tmp_path):
@@ -175,8 +159,8 @@ def test_resume_honours_optimisation_flags_and_records_them(capsys, tmp_path):
 
     run_dir = tmp_path / "run"
     assert _train_gmm(capsys, run_dir, "--steps", "4")[0] == 0
-    code, out, err = _run(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--steps", "6",
-                                   "--lr", "0.01", "--batch-size", "8", "--no-progress"])
+    code, out, err = run_cli(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--steps", "6",
+                                     "--lr", "0.01", "--batch-size", "8", "--no-progress"])
     assert code == 0, err
     assert "on gmm2d" in err and "batch 8" in err and "lr 0.01" in err  # the banner says what really runs
     config = json.loads((run_dir / "config.json").read_text())
@@ -200,8 +184,8 @@ def test_resume_refuses_what_cannot_change_or_has_nothing_to_do(capsys, tmp_path
     run_dir = tmp_path / "run"
     assert _train_gmm(capsys, run_dir, "--steps", "4")[0] == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    _assert_usage_error(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--no-progress", *extra],
-                        needle=needle)
+    assert_usage_error(capsys, ["train", "--run-dir", str(run_dir), "--resume", "--no-progress", *extra],
+                       needle=needle)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing written
 
 
@@ -212,14 +196,14 @@ def test_resume_with_the_same_data_name_is_fine(capsys, tmp_path):
 
 
 def test_bare_cfgdiff_prints_usage(capsys):
-    code, out, err = _run(capsys, [])
+    code, out, err = run_cli(capsys, [])
     assert code == 2
     assert "usage: cfgdiff" in err and "train" in err and "sample" in err
 
 
 def test_sample_prints_network_evaluations_per_w(capsys, digits_run, tmp_path):
-    code, out, _ = _run(capsys, ["sample", str(digits_run), "--w", "0,1", "--n-per-class", "1", "--steps", "3",
-                                 "--sampler", "ddim", "--out", str(tmp_path / "g.png"), "--no-progress"])
+    code, out, _ = run_cli(capsys, ["sample", str(digits_run), "--w", "0,1", "--n-per-class", "1", "--steps", "3",
+                                   "--sampler", "ddim", "--out", str(tmp_path / "g.png"), "--no-progress"])
     assert code == 0
     assert "w = 0: 3" in out and "w = 1: 6" in out
     assert list(np.load(tmp_path / "g.npz")["nfe_per_sample"]) == [3.0, 6.0]

@@ -2,12 +2,10 @@
 set of files, per-rank randomness, resume under another process count, and the torchrun command itself."""
 
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -23,7 +21,7 @@ from cfgdiff.training import (
     init_distributed,
     train,
 )
-from tests.training_support import TINY_MLP, fixed_noise_loss, free_port
+from tests.training_support import TINY_MLP, fixed_noise_loss, free_port, run_spawned_group
 
 RUN_FILES = {CHECKPOINT_FILE, "config.json", "data.json", LOSS_FILE}
 
@@ -61,29 +59,12 @@ def _run(world, run_dir, **job):
     if job.get("resume"):  # a second try must resume from the same state as the first
         shutil.copytree(run_dir, backup)
     for _attempt in range(2):
-        if _run_group(world, run_dir, job, deadline=time.monotonic() + 120):
+        if run_spawned_group(_child, world, (world, free_port(), run_dir, job)):
             return None
         shutil.rmtree(run_dir, ignore_errors=True)
         if job.get("resume"):
             shutil.copytree(backup, run_dir)
     raise AssertionError(f"the {world}-process group failed twice")
-
-
-def _run_group(world, run_dir, job, *, deadline) -> bool:
-    context = multiprocessing.get_context("spawn")
-    port = free_port()
-    procs = [context.Process(target=_child, args=(rank, world, port, run_dir, job)) for rank in range(world)]
-    for proc in procs:
-        proc.start()
-    while time.monotonic() < deadline and any(p.exitcode is None for p in procs):
-        if any(p.exitcode not in (None, 0) for p in procs):
-            break
-        time.sleep(0.02)
-    for proc in procs:
-        if proc.exitcode is None:
-            proc.kill()
-        proc.join()
-    return all(p.exitcode == 0 for p in procs)
 
 
 def _losses(run_dir):

@@ -10,11 +10,9 @@ changes the samples by far more than 0, and a metric computed per rank or twice 
 import contextlib
 import io
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from cfgdiff.cli import main
 from cfgdiff.evaluation import balanced_labels
 from cfgdiff.generate import iter_samples
 from cfgdiff.toy import GaussianMixture
-from tests.training_support import free_port
+from tests.training_support import free_port, run_spawned_group
 
 
 def test_shards_partition_the_one_process_chunks():
@@ -65,23 +63,9 @@ def _child(rank, world, ports, commands, out_dir):
 def _run_group(commands, out_dir, world=2):
     """``commands`` [(name, argv)] in ``world`` spawned processes; {name: [per-rank record]}. A port taken between
     ``free_port`` and the rendezvous fails or stalls a group: it gets a deadline and one more try."""
-    context = multiprocessing.get_context("spawn")
     for _attempt in range(2):
         ports = [free_port() for _ in commands]
-        procs = [context.Process(target=_child, args=(rank, world, ports, commands, out_dir))
-                 for rank in range(world)]
-        for proc in procs:
-            proc.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and any(p.exitcode is None for p in procs):
-            if any(p.exitcode not in (None, 0) for p in procs):
-                break
-            time.sleep(0.02)
-        for proc in procs:
-            if proc.exitcode is None:
-                proc.kill()
-            proc.join()
-        if all(p.exitcode == 0 for p in procs):
+        if run_spawned_group(_child, world, (world, ports, commands, out_dir)):
             return {name: [json.loads((out_dir / f"{name}.rank{r}.json").read_text()) for r in range(world)]
                     for name, _ in commands}
     raise AssertionError("the 2-process group failed twice")

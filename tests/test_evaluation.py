@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from cfgdiff.classifier import ClassifierConfig, train_classifier
-from cfgdiff.cli import main
 from cfgdiff.evaluation import balanced_labels, classifier_guide, run_sweep
 from cfgdiff.generate import generate_samples, iter_samples
 from cfgdiff.guidance import cfg
 from cfgdiff.metrics import ReferenceStats, feature_statistics, inception_score
 from cfgdiff.toy import GaussianMixture
+from tests.helpers import assert_usage_error, run_cli
 
 
 class ExactMixtureFeatures:
@@ -73,31 +73,11 @@ def test_classifier_guidance_with_exact_classifier_equals_cfg_through_eval(sampl
     torch.testing.assert_close(x_cls, x_cfg, rtol=1e-9, atol=1e-9)
 
 
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_usage_error(capsys, argv, needle):
-    code, _, err = _run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
-    assert needle in lines[0], lines[0]
-
-
-@pytest.fixture()
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CFGDIFF_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_eval_writes_table_plots_and_grids(capsys, digits_run, tmp_path, cache_dir):
     out = tmp_path / "eval"
-    code, stdout, err = _run(capsys, ["eval", str(digits_run), "--w", "0,1", "--n", "20", "--steps", "3",
-                                      "--batch-size", "8", "--grid-per-class", "1", "--out", str(out),
-                                      "--no-progress"])
+    code, stdout, err = run_cli(capsys, ["eval", str(digits_run), "--w", "0,1", "--n", "20", "--steps", "3",
+                                        "--batch-size", "8", "--grid-per-class", "1", "--out", str(out),
+                                        "--no-progress"])
     assert code == 0
     assert "FID (digits-classifier features)" in stdout and "IS (digits classifier)" in stdout
     assert "floor" in stdout
@@ -136,9 +116,9 @@ def test_eval_with_classifier_guidance(capsys, digits_run, tmp_path, cache_dir):
     classifier_dir = tmp_path / "classifier"
     train_classifier(ClassifierConfig(steps=2, batch_size=8, base_channels=8, checkpoint_every=2), classifier_dir)
     out = tmp_path / "eval"
-    code, _, err = _run(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2",
-                                 "--guidance", "classifier", "--classifier", str(classifier_dir),
-                                 "--grid-per-class", "1", "--out", str(out), "--no-progress"])
+    code, _, err = run_cli(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2",
+                                   "--guidance", "classifier", "--classifier", str(classifier_dir),
+                                   "--grid-per-class", "1", "--out", str(out), "--no-progress"])
     assert code == 0, err
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -163,19 +143,19 @@ def test_eval_with_classifier_guidance(capsys, digits_run, tmp_path, cache_dir):
 def test_eval_bad_input_is_exit_2_and_one_line(capsys, digits_run, tmp_path, extra, needle):
     extra = [str(tmp_path / e) if e.startswith("NOWHERE") else e for e in extra]
     out = tmp_path / "eval"
-    _assert_usage_error(capsys, ["eval", str(digits_run), "--out", str(out), "--no-progress", *extra], needle)
+    assert_usage_error(capsys, ["eval", str(digits_run), "--out", str(out), "--no-progress", *extra], needle)
     assert not out.exists()
 
 
 def test_eval_missing_run_is_exit_2(capsys, tmp_path):
-    _assert_usage_error(capsys, ["eval", str(tmp_path / "no-run"), "--no-progress"], "no checkpoint")
+    assert_usage_error(capsys, ["eval", str(tmp_path / "no-run"), "--no-progress"], "no checkpoint")
 
 
 def test_eval_refuses_two_feature_networks(capsys, digits_run, tmp_path):
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"not used")
-    _assert_usage_error(capsys, ["eval", str(digits_run), "--inception-weights", str(weights), "--features",
-                                 str(tmp_path), "--out", str(tmp_path / "eval"), "--no-progress"], "give one")
+    assert_usage_error(capsys, ["eval", str(digits_run), "--inception-weights", str(weights), "--features",
+                                str(tmp_path), "--out", str(tmp_path / "eval"), "--no-progress"], "give one")
 
 
 # -- 2-D data: sliced Wasserstein distance and the exact guided density --------------------------------------
@@ -209,8 +189,8 @@ def test_exact_mixture_at_w0_scores_at_its_floor_and_guidance_moves_away():
 def test_eval_on_a_2d_run_end_to_end(capsys, gmm_run, tmp_path, cache_dir):
     run_dir, _ = gmm_run
     out = tmp_path / "eval"
-    code, stdout, err = _run(capsys, ["eval", str(run_dir), "--w", "0,2", "--n", "150", "--steps", "16",
-                                      "--bootstrap", "10", "--out", str(out), "--no-progress"])
+    code, stdout, err = run_cli(capsys, ["eval", str(run_dir), "--w", "0,2", "--n", "150", "--steps", "16",
+                                        "--bootstrap", "10", "--out", str(out), "--no-progress"])
     assert code == 0, err
     assert "Inception" not in stdout + err
     assert "warning: --n 150 is below 500" in err
@@ -234,6 +214,6 @@ def test_eval_of_a_2d_run_refuses_a_feature_network(capsys, gmm_run, tmp_path):
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"not used")
     out = tmp_path / "eval"
-    _assert_usage_error(capsys, ["eval", str(run_dir), "--inception-weights", str(weights), "--out", str(out),
-                                 "--no-progress"], "not images")
+    assert_usage_error(capsys, ["eval", str(run_dir), "--inception-weights", str(weights), "--out", str(out),
+                                "--no-progress"], "not images")
     assert not out.exists()

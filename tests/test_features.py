@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfgdiff.cli import main
 from cfgdiff.features import (
     ClassifierLoss,
     FeatureClassifier,
@@ -23,26 +22,7 @@ from cfgdiff.features import (
     stage_count,
 )
 from cfgdiff.metrics import metric_names
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_usage_error(capsys, argv, needle):
-    code, _, err = _run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
-    assert needle in lines[0], lines[0]
-
-
-@pytest.fixture()
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CFGDIFF_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+from tests.helpers import assert_usage_error, run_cli
 
 
 @pytest.fixture()
@@ -143,8 +123,8 @@ def test_train_features_then_eval_with_it(capsys, tmp_path, tiny_npz, digits_run
     """train-features on a small labelled set: the recorded held-out accuracy is that of the written network;
     its record names the metrics; a refused input writes nothing. Then eval of a digits run with --features."""
     run_dir = tmp_path / "tiny-features"
-    code, stdout, err = _run(capsys, ["train-features", "--data", str(tiny_npz), "--run-dir", str(run_dir),
-                                      "--steps", "40", "--batch-size", "30", "--no-progress"])
+    code, stdout, err = run_cli(capsys, ["train-features", "--data", str(tiny_npz), "--run-dir", str(run_dir),
+                                        "--steps", "40", "--batch-size", "30", "--no-progress"])
     assert code == 0, err
     assert "held-out test accuracy" in stdout and "FID (tiny-classifier features)" in stdout
     extractor = load_feature_classifier(run_dir)
@@ -157,18 +137,18 @@ def test_train_features_then_eval_with_it(capsys, tmp_path, tiny_npz, digits_run
     assert record["test_accuracy"] > 1 / 3  # the classes are separable: better than chance after 40 steps
     assert json.loads((run_dir / "features-config.json").read_text())["steps"] == 40
 
-    _assert_usage_error(capsys, ["train-features", "--data", "gmm2d", "--run-dir", str(tmp_path / "g"),
-                                 "--no-progress"], "image data")
+    assert_usage_error(capsys, ["train-features", "--data", "gmm2d", "--run-dir", str(tmp_path / "g"),
+                                "--no-progress"], "image data")
     assert not (tmp_path / "g").exists()
 
     digits_features = tmp_path / "digits-features"
-    code, _, err = _run(capsys, ["train-features", "--data", "digits", "--run-dir", str(digits_features),
-                                 "--steps", "5", "--batch-size", "32", "--name", "my-digits", "--no-progress"])
+    code, _, err = run_cli(capsys, ["train-features", "--data", "digits", "--run-dir", str(digits_features),
+                                   "--steps", "5", "--batch-size", "32", "--name", "my-digits", "--no-progress"])
     assert code == 0, err
     out = tmp_path / "eval"
-    code, stdout, err = _run(capsys, ["eval", str(digits_run), "--features", str(digits_features), "--w", "0",
-                                      "--n", "20", "--steps", "2", "--bootstrap", "10", "--grid-per-class", "1",
-                                      "--out", str(out), "--no-progress"])
+    code, stdout, err = run_cli(capsys, ["eval", str(digits_run), "--features", str(digits_features), "--w", "0",
+                                        "--n", "20", "--steps", "2", "--bootstrap", "10", "--grid-per-class", "1",
+                                        "--out", str(out), "--no-progress"])
     assert code == 0, err
     assert "FID (my-digits-classifier features)" in stdout and "IS (my-digits classifier)" in stdout
     meta = json.loads((out / "results.json").read_text())["meta"]
@@ -178,6 +158,6 @@ def test_train_features_then_eval_with_it(capsys, tmp_path, tiny_npz, digits_run
     # a network for images of another shape is refused, with one line, before anything is written
     rgb = FeatureClassifier(**default_classifier_config((3, 16, 16), 10))
     save_feature_classifier(rgb, tmp_path / "rgb" / "features.safetensors", {"data_name": "rgb"})
-    _assert_usage_error(capsys, ["eval", str(digits_run), "--features", str(tmp_path / "rgb"), "--n", "20",
-                                 "--out", str(tmp_path / "eval2"), "--no-progress"], "takes images")
+    assert_usage_error(capsys, ["eval", str(digits_run), "--features", str(tmp_path / "rgb"), "--n", "20",
+                                "--out", str(tmp_path / "eval2"), "--no-progress"], "takes images")
     assert not (tmp_path / "eval2").exists()

@@ -7,22 +7,8 @@ import numpy as np
 import pytest
 
 from cfgdiff.checkpoint import load_checkpoint, save_checkpoint
-from cfgdiff.cli import main
 from cfgdiff.training import CHECKPOINT_FILE
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _assert_usage_error(capsys, argv, needle):
-    code, _, err = _run(capsys, argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
-    assert needle in lines[0], lines[0]
+from tests.helpers import assert_usage_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +40,8 @@ def test_sample_with_every_method(capsys, digits_run, tmp_path, method):
     extra, nfe = SAMPLE_CASES[method]
     extra = [str(digits_run) if e == "RUN" else e for e in extra]
     out = tmp_path / "grid.png"
-    code, stdout, err = _run(capsys, ["sample", str(digits_run), "--n-per-class", "1", "--steps", "2", "--sampler",
-                                      "ddim", "--out", str(out), "--no-progress", "--guidance", method, *extra])
+    code, stdout, err = run_cli(capsys, ["sample", str(digits_run), "--n-per-class", "1", "--steps", "2", "--sampler",
+                                        "ddim", "--out", str(out), "--no-progress", "--guidance", method, *extra])
     assert code == 0, err
     data = np.load(out.with_suffix(".npz"))
     assert str(data["guidance"]) == method
@@ -65,9 +51,9 @@ def test_sample_with_every_method(capsys, digits_run, tmp_path, method):
 
 def test_eval_with_a_method_records_it(capsys, digits_run, tmp_path):
     out = tmp_path / "eval"
-    code, _, err = _run(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2", "--sampler",
-                                 "ddim", "--guidance", "apg", "--apg-r", "inf", "--apg-beta", "0", "--bootstrap", "0",
-                                 "--grid-per-class", "1", "--out", str(out), "--no-progress"])
+    code, _, err = run_cli(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2", "--sampler",
+                                   "ddim", "--guidance", "apg", "--apg-r", "inf", "--apg-beta", "0", "--bootstrap", "0",
+                                   "--grid-per-class", "1", "--out", str(out), "--no-progress"])
     assert code == 0, err
     result = json.loads((out / "results.json").read_text())
     assert [row["guidance"] for row in result["rows"]] == ["apg", "apg"]
@@ -81,9 +67,9 @@ def test_eval_with_a_method_records_it(capsys, digits_run, tmp_path):
 
 def test_eval_autoguidance_counts_both_networks(capsys, digits_run, tmp_path):
     out = tmp_path / "eval"
-    code, _, err = _run(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2", "--sampler",
-                                 "ddim", "--guidance", "auto", "--guide-run", str(digits_run), "--bootstrap", "0",
-                                 "--grid-per-class", "1", "--out", str(out), "--no-progress"])
+    code, _, err = run_cli(capsys, ["eval", str(digits_run), "--w", "0,2", "--n", "10", "--steps", "2", "--sampler",
+                                   "ddim", "--guidance", "auto", "--guide-run", str(digits_run), "--bootstrap", "0",
+                                   "--grid-per-class", "1", "--out", str(out), "--no-progress"])
     assert code == 0, err
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [row["nfe_per_sample"] for row in rows] == [2.0, 4.0]
@@ -122,5 +108,5 @@ def test_bad_guidance_input_is_one_line_and_writes_nothing(capsys, digits_run, g
     argv = [command, str(digits_run), "--steps", "2", "--out", str(out), "--no-progress", *extra]
     if command == "sample":
         argv += ["--n-per-class", "1"]
-    _assert_usage_error(capsys, argv, needle)
+    assert_usage_error(capsys, argv, needle)
     assert not out.exists() and not out.with_suffix(".npz").exists()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfgdiff.cli import main
 from cfgdiff.evaluation import SweepResult, SweepRow, write_sweep
 from cfgdiff.report import format_value, load_sweep_dir, render_report, sweep_labels, table_columns, write_report
 from cfgdiff.report.page import ReportError
+from tests.helpers import run_cli
 
 META = {"kind": "images", "fid_name": "FID (toy features)", "is_name": "IS (toy classifier)", "reference_count": 100,
         "reference_is": 2.5, "fid_floor": 0.25, "fid_floor_std": 0.02, "fid_floor_definition": "30 real images",
@@ -140,16 +140,10 @@ def test_labels_name_what_differs_between_sweeps(sweep_ddim, sweep_dpm, tmp_path
     assert sweep_labels([a]) == ["Toy sweep"]
 
 
-def _run(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_report_command_puts_several_sweeps_on_one_page(capsys, tmp_path, sweep_ddim, sweep_dpm):
     a, b = sweep_ddim, sweep_dpm
     out = tmp_path / "page.html"
-    code, stdout, err = _run(capsys, ["report", str(a), str(b), "--out", str(out), "--title", "Samplers"])
+    code, stdout, err = run_cli(capsys, ["report", str(a), str(b), "--out", str(out), "--title", "Samplers"])
     assert code == 0, err
     assert str(out) in stdout
     page = out.read_text()
@@ -158,7 +152,7 @@ def test_report_command_puts_several_sweeps_on_one_page(capsys, tmp_path, sweep_
     assert [len(s["rows"]) for s in embedded["sweeps"]] == [3, 2]
     assert 'id="table-0"' in page and 'id="table-1"' in page and "<title>Samplers</title>" in page
     assert page.count('src="data:image/png;base64,') == 5
-    code, _, err = _run(capsys, ["report", str(a), str(b), "--out", str(out), "--labels", "first,second"])
+    code, _, err = run_cli(capsys, ["report", str(a), str(b), "--out", str(out), "--labels", "first,second"])
     assert code == 0, err
     assert '"label":"first"' in out.read_text()
 
@@ -177,7 +171,7 @@ def test_report_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path
     (broken / "results.json").write_text("{not json")
     names = {"NOWHERE": tmp_path / "nowhere", "SWEEP": sweep, "BROKEN": broken}
     argv = [str(names.get(a, a)).replace("OUT", str(tmp_path / "out")) for a in argv]
-    code, _, err = _run(capsys, ["report", *argv])
+    code, _, err = run_cli(capsys, ["report", *argv])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("cfgdiff: error:"), err
     assert needle in lines[0]

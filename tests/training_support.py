@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -48,6 +51,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_spawned_group(target: Callable[..., None], world: int, args: tuple, *, timeout: float = 120.0) -> bool:
+    """``target(rank, *args)`` for rank in [0, world), each in a fresh (spawned) process; True when all exit 0.
+
+    The wait ends early when one fails (the others may wait for it for ever); processes still running after
+    ``timeout`` seconds are killed."""
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=target, args=(rank, *args)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.exitcode is None for p in procs):
+        if any(p.exitcode not in (None, 0) for p in procs):
+            break
+        time.sleep(0.02)
+    for proc in procs:
+        if proc.exitcode is None:
+            proc.kill()
+        proc.join()
+    return all(p.exitcode == 0 for p in procs)
 
 
 def fork_cli(argv: list[str], env: dict[str, str], output: str) -> int:

@@ -36,16 +36,13 @@ from cfgdiff.models.embeddings import LogSNREmbedding
 from cfgdiff.models.unet import Downsample, ResBlock
 from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.training import (
-    RESUME_MAY_CHANGE,
     DistContext,
     LoopConfig,
     NoisyClassifierLoss,
     RunLayout,
+    RunPlan,
     Trainer,
-    apply_resume_changes,
-    fit,
-    init_distributed,
-    read_stored_config,
+    train_or_resume,
 )
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -185,35 +182,30 @@ def train_classifier(
         raise CheckpointError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
     if resume and not path.exists():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
-    if resume:
-        stored, step = read_stored_config(run_dir, CLASSIFIER_LAYOUT)
-        if resume_changes is None:
-            resume_changes = {"steps": config.steps, "device": config.device}
-        config, _ = apply_resume_changes(ClassifierConfig.from_json(stored), dict(resume_changes), step=step,
-                                         may_change=RESUME_MAY_CHANGE, fixed=frozenset({"hflip"}))
-    spec = DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
-    train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
-    if not train_set.is_image:
-        raise ValueError(f"the noisy classifier is for image data; {config.data!r} is not")
-    if config.hflip is None:
-        config.hflip = bool(getattr(train_set, "hflip_default", False))
-    ctx = init_distributed(config.device)
 
-    def finalize(trainer: Trainer) -> None:  # held-out accuracy on noised test images at a few λ
-        if not trainer.dist.is_main:
-            return
-        ema_cpu = NoisyClassifier(**trainer.ema.config())
-        ema_cpu.load_state_dict({k: v.cpu() for k, v in trainer.ema.state_dict().items()})
-        trainer.metadata_extra["noisy_test_accuracy"] = {
-            str(lam): round(noisy_accuracy(ema_cpu, test_set.x, test_set.labels, lam), 4) for lam in (-5.0, 0.0, 5.0)
-        }
+    def plan(config: ClassifierConfig) -> RunPlan:
+        spec = DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
+        train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
+        if not train_set.is_image:
+            raise ValueError(f"the noisy classifier is for image data; {config.data!r} is not")
+        if config.hflip is None:
+            config.hflip = bool(getattr(train_set, "hflip_default", False))
 
-    try:
-        trainer = classifier_trainer(config, train_set, dist=ctx)
-        fit(trainer, run_dir, layout=CLASSIFIER_LAYOUT, resume=resume, overwrite=overwrite, on_start=on_start,
-            on_step=on_step, finalize=finalize, handle_signals=handle_signals)
-    finally:
-        ctx.shutdown()
+        def finalize(trainer: Trainer) -> None:  # held-out accuracy on noised test images at a few λ
+            if not trainer.dist.is_main:
+                return
+            ema_cpu = NoisyClassifier(**trainer.ema.config())
+            ema_cpu.load_state_dict({k: v.cpu() for k, v in trainer.ema.state_dict().items()})
+            trainer.metadata_extra["noisy_test_accuracy"] = {
+                str(lam): round(noisy_accuracy(ema_cpu, test_set.x, test_set.labels, lam), 4)
+                for lam in (-5.0, 0.0, 5.0)
+            }
+
+        return RunPlan(lambda dist: classifier_trainer(config, train_set, dist=dist), finalize)
+
+    trainer = train_or_resume(config, run_dir, plan=plan, layout=CLASSIFIER_LAYOUT, fixed=frozenset({"hflip"}),
+                              resume=resume, overwrite=overwrite, resume_changes=resume_changes, on_step=on_step,
+                              on_start=on_start, handle_signals=handle_signals)
     model = trainer.ema.eval()
     model.interrupted = trainer.interrupted
     model.is_main = trainer.dist.is_main

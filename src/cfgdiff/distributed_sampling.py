@@ -20,6 +20,7 @@ spreads the work (the samples do not depend on it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -32,7 +33,7 @@ from cfgdiff.generate import DEFAULT_BATCH_SIZE, generate_samples, iter_samples
 from cfgdiff.training.distributed import DistContext, init_distributed, local_device
 
 __all__ = ["gather_chunks", "generate_samples_sharded", "init_sampling", "iter_samples_sharded", "main_only",
-           "sum_over_ranks"]
+           "sampling_group", "sum_over_ranks"]
 
 T = TypeVar("T")
 
@@ -46,6 +47,16 @@ def init_sampling(device: str) -> tuple[DistContext, str]:
     ``cuda:LOCAL_RANK``."""
     dist = init_distributed(device)
     return dist, (str(local_device(device, dist.local_rank)) if dist.enabled else device)
+
+
+@contextlib.contextmanager
+def sampling_group(device: str) -> Iterator[tuple[DistContext, str]]:
+    """``init_sampling(device)`` for the ``with`` block, leaving the group at its end (also on an error)."""
+    dist, device = init_sampling(device)
+    try:
+        yield dist, device
+    finally:
+        dist.shutdown()
 
 
 def _sharded(dist: DistContext | None) -> bool:

@@ -111,13 +111,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.distributed_sampling import init_sampling
+    from cfgdiff.distributed_sampling import sampling_group
 
-    dist, args.device = init_sampling(args.device)  # under torchrun: join its group, each rank on its own device
-    try:
+    with sampling_group(args.device) as (dist, args.device):  # under torchrun: its group, each rank its device
         return _sample(args, dist)
-    finally:
-        dist.shutdown()
 
 
 def _sample(args: argparse.Namespace, dist) -> int:

@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int, progress
+from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int
 from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
-from cfgdiff.cli.training_options import add_loop_options, loop_changes
+from cfgdiff.cli.training_options import add_loop_options, loop_changes, train_with_progress
 
 EXIT_OK = 0
 
@@ -57,22 +57,8 @@ def run(args: argparse.Namespace) -> int:
                               device=args.device, **{k: v for k, v in loop_changes(args).items() if v is not None})
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other")
-    bar = progress(args.steps, "train-classifier", args.no_progress)
     t0 = time.perf_counter()
-
-    def on_step(step: int, loss: float) -> None:
-        bar.update(step - bar.n)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def on_start(trainer) -> None:
-        bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only
-        bar.refresh()
-
-    resume_changes = {"steps": args.steps, "device": args.device, **loop_changes(args)}
-    with bar:
-        model, meta = train_classifier(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                                       resume_changes=resume_changes, on_step=on_step, on_start=on_start)
+    model, meta = train_with_progress(train_classifier, config, run_dir, args, "train-classifier")
     if meta.get("world_size", 1) > 1 and not model.is_main:
         return EXIT_OK
     if model.interrupted:

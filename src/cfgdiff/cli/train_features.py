@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int, progress
+from cfgdiff.cli.arguments import UsageError, device, output_path, positive_float, positive_int
 from cfgdiff.cli.data_options import add_data_options, data_spec_from_args
-from cfgdiff.cli.training_options import add_loop_options, loop_changes
+from cfgdiff.cli.training_options import add_loop_options, loop_changes, train_with_progress
 
 EXIT_OK = 0
 
@@ -58,22 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config.validate()
     if not args.resume:
         network_config(config, load_dataset(spec, "train"))  # vector data: one line before anything is written
-    bar = progress(args.steps, "train-features", args.no_progress)
     t0 = time.perf_counter()
-
-    def on_step(step: int, loss: float) -> None:
-        bar.update(step - bar.n)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def on_start(trainer) -> None:
-        bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only
-        bar.refresh()
-
-    resume_changes = {"steps": args.steps, "device": args.device, **loop_changes(args)}
-    with bar:
-        extractor, meta = train_features(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                                         resume_changes=resume_changes, on_step=on_step, on_start=on_start)
+    extractor, meta = train_with_progress(train_features, config, run_dir, args, "train-features")
     if not meta.get("is_main", True):
         return EXIT_OK
     if extractor is None:

@@ -3,14 +3,18 @@
 
 Every option defaults to None ("not given"), so a command can tell an explicit flag from a default: new runs
 take the loop's defaults (``cfgdiff.training.LoopConfig``), ``--resume`` changes only what was given.
+
+Also ``train_with_progress``: the call of a training function under a progress bar, shared by
+``train-classifier`` and ``train-features``.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
-from cfgdiff.cli.arguments import nonnegative_float, nonnegative_int, positive_int
+from cfgdiff.cli.arguments import nonnegative_float, nonnegative_int, positive_int, progress
 
 # option dest = LoopConfig field
 LOOP_OPTIONS = ("hflip", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast", "compile",
@@ -58,3 +62,27 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
 def loop_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The loop options as {field: value}, None where not given."""
     return {name: getattr(args, name, None) for name in LOOP_OPTIONS}
+
+
+def train_with_progress(train_fn: Callable[..., Any], config: Any, run_dir: Any, args: argparse.Namespace,
+                        command: str) -> Any:
+    """``train_fn(config, run_dir, resume=, overwrite=, resume_changes=, on_step=, on_start=)`` under a progress
+    bar named ``command`` (counting from the run's first step of this session); returns what ``train_fn`` returns.
+
+    On ``--resume`` the stored run continues with ``--steps``, ``--device`` and the loop options that were given.
+    """
+    bar = progress(args.steps, command, args.no_progress)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(step - bar.n)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def on_start(trainer) -> None:
+        bar.n = bar.last_print_n = bar.initial = trainer.step  # steps/s and time left count this session only
+        bar.refresh()
+
+    resume_changes = {"steps": args.steps, "device": args.device, **loop_changes(args)}
+    with bar:
+        return train_fn(config, run_dir, resume=args.resume, overwrite=args.overwrite, resume_changes=resume_changes,
+                        on_step=on_step, on_start=on_start)

@@ -24,7 +24,6 @@ A resumed run checks that the teacher's checkpoint still has the recorded SHA-25
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -51,16 +50,12 @@ from cfgdiff.training import (
     CHECKPOINT_FILE,
     DIFFUSION_KIND,
     DIFFUSION_LAYOUT,
-    RESUME_MAY_CHANGE,
     LoopConfig,
     RunDirError,
+    RunPlan,
     Trainer,
-    apply_resume_changes,
-    check_run_dir,
-    fit,
-    init_distributed,
     load_model,
-    read_stored_config,
+    train_or_resume,
 )
 
 STAGES = (STAGE_GUIDANCE, STAGE_PROGRESSIVE)
@@ -298,34 +293,27 @@ def distill(
     options in ``resume_changes`` applied (``RESUME_MAY_CHANGE``; the teacher, stage, w range, steps and data
     may not change), and the teacher must still be the recorded checkpoint (same SHA-256).
     """
-    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    changed: dict[str, Any] = {}
-    if resume:
-        stored, step = read_stored_config(run_dir)
+
+    def read_config(stored: dict[str, Any]) -> DistillConfig:
         if "teacher" not in stored:
             raise RunDirError(f"{run_dir} holds a run that is not a distillation; resume it with cfgdiff train")
-        config, changed = apply_resume_changes(DistillConfig.from_json(stored), dict(resume_changes or {}),
-                                               step=step, may_change=RESUME_MAY_CHANGE,
-                                               fixed=DISTILL_RESUME_FIXED)
-        now = teacher_record(config.teacher)
-        if now["sha256"] != config.teacher_sha256:
+        return DistillConfig.from_json(stored)
+
+    def plan(config: DistillConfig) -> RunPlan:
+        if resume and teacher_record(config.teacher)["sha256"] != config.teacher_sha256:
             raise RunDirError(f"the teacher {config.teacher} changed since this distillation began (its checkpoint "
                               "no longer has the recorded SHA-256); start a new run")
-    else:
-        config = dataclasses.replace(config)
-    config.validate()
-    if Path(run_dir).resolve() == Path(config.teacher).resolve():
-        raise RunDirError("--run-dir must differ from the teacher's run directory")
-    dataset = _dataset_of(config)
-    if config.hflip is None:
-        config.hflip = False
-    ctx = init_distributed(config.device)
-    try:
-        trainer = distill_trainer(config, dataset, dist=ctx)
-        return fit(trainer, run_dir, layout=DIFFUSION_LAYOUT, resume=resume, overwrite=overwrite,
-                   changed=changed, on_start=on_start, on_step=on_step, handle_signals=handle_signals)
-    finally:
-        ctx.shutdown()
+        if Path(run_dir).resolve() == Path(config.teacher).resolve():
+            raise RunDirError("--run-dir must differ from the teacher's run directory")
+        dataset = _dataset_of(config)
+        if config.hflip is None:
+            config.hflip = False
+        return RunPlan(lambda dist: distill_trainer(config, dataset, dist=dist))
+
+    return train_or_resume(config, run_dir, plan=plan, layout=DIFFUSION_LAYOUT, fixed=DISTILL_RESUME_FIXED,
+                           read_config=read_config, resume=resume, overwrite=overwrite,
+                           resume_changes=resume_changes or {}, on_step=on_step, on_start=on_start,
+                           handle_signals=handle_signals)
 
 
 def stage_cost(run_dir: str | os.PathLike) -> dict[str, float]:

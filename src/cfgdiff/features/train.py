@@ -36,16 +36,7 @@ from cfgdiff.features.classifier import (
     default_classifier_config,
     save_feature_classifier,
 )
-from cfgdiff.training import (
-    RESUME_MAY_CHANGE,
-    LoopConfig,
-    RunLayout,
-    Trainer,
-    apply_resume_changes,
-    fit,
-    init_distributed,
-    read_stored_config,
-)
+from cfgdiff.training import LoopConfig, RunLayout, RunPlan, Trainer, train_or_resume
 from cfgdiff.training.distributed import DistContext
 
 FEATURES_KIND = "feature_classifier"
@@ -133,36 +124,31 @@ def train_features(
     """
     config.validate()
     run_dir = Path(run_dir)
-    if resume:
-        stored, step = read_stored_config(run_dir, FEATURES_LAYOUT)
-        if resume_changes is None:
-            resume_changes = {"steps": config.steps, "device": config.device}
-        config, _ = apply_resume_changes(FeatureTrainConfig.from_json(stored), dict(resume_changes), step=step,
-                                         may_change=RESUME_MAY_CHANGE, fixed=frozenset({"hflip"}))
-    spec = config.spec()
-    train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
-    network_config(config, train_set)  # refuse vector data before anything is written
-    if config.hflip is None:
-        config.hflip = bool(getattr(train_set, "hflip_default", False))
-    data_name = config.name or train_set.name
-    ctx = init_distributed(config.device)
 
-    def finalize(trainer: Trainer) -> None:  # held-out accuracy of the EMA weights, into the checkpoint
-        if not trainer.dist.is_main:
-            return
-        net = _ema_on_cpu(trainer)
-        rows = torch.from_numpy(np.random.default_rng(0).permutation(len(train_set))[:TRAIN_ACCURACY_ROWS])
-        subset = _Subset(train_set, torch.sort(rows).values)
-        trainer.metadata_extra.update(test_accuracy=round(classifier_accuracy(net, test_set), 6),
-                                      test_count=len(test_set),
-                                      train_accuracy=round(classifier_accuracy(net, subset), 6))
+    def plan(config: FeatureTrainConfig) -> RunPlan:
+        spec = config.spec()
+        train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
+        network_config(config, train_set)  # refuse vector data before anything is written
+        if config.hflip is None:
+            config.hflip = bool(getattr(train_set, "hflip_default", False))
 
-    try:
-        trainer = feature_trainer(config, train_set, dist=ctx)
-        fit(trainer, run_dir, layout=FEATURES_LAYOUT, resume=resume, overwrite=overwrite, on_start=on_start,
-            on_step=on_step, finalize=finalize, handle_signals=handle_signals)
-    finally:
-        ctx.shutdown()
+        def finalize(trainer: Trainer) -> None:  # held-out accuracy of the EMA weights, into the checkpoint
+            if not trainer.dist.is_main:
+                return
+            net = _ema_on_cpu(trainer)
+            rows = torch.from_numpy(np.random.default_rng(0).permutation(len(train_set))[:TRAIN_ACCURACY_ROWS])
+            subset = _Subset(train_set, torch.sort(rows).values)
+            trainer.metadata_extra.update(test_accuracy=round(classifier_accuracy(net, test_set), 6),
+                                          test_count=len(test_set),
+                                          train_accuracy=round(classifier_accuracy(net, subset), 6))
+
+        return RunPlan(lambda dist: feature_trainer(config, train_set, dist=dist), finalize)
+
+    trainer = train_or_resume(config, run_dir, plan=plan, layout=FEATURES_LAYOUT, fixed=frozenset({"hflip"}),
+                              resume=resume, overwrite=overwrite, resume_changes=resume_changes, on_step=on_step,
+                              on_start=on_start, handle_signals=handle_signals)
+    config, spec = trainer.config, trainer.config.spec()  # the run's config (the stored one on resume)
+    data_name = config.name or trainer.dataset.name
     meta = trainer.metadata()
     meta["interrupted"] = trainer.interrupted
     meta["is_main"] = trainer.dist.is_main

@@ -11,7 +11,8 @@ Files, from the bottom up:
 * ``trainer.py``: the ``Trainer`` (AdamW, warm-up, clipping, EMA, accumulation, DDP, autocast, compile);
 * ``rundir.py``: run-directory layout, checks, and kill-safe checkpoint files (``--keep``);
 * ``logs.py``: ``loss.jsonl`` and TensorBoard;
-* ``loop.py``: ``fit``, the driver (checkpoints, resume, logging, signals);
+* ``loop.py``: ``fit``, the driver (checkpoints, resume, logging, signals), and ``train_or_resume``, the run
+  around it that every kind of network shares (run-directory check, resume config, data, torchrun, fit);
 * ``denoiser.py``: the diffusion run: ``train``, ``load_model``.
 
 A new kind of network trains with::
@@ -35,7 +36,7 @@ from cfgdiff.training.config import (
 )
 from cfgdiff.training.denoiser import DIFFUSION_KIND, diffusion_trainer, load_model, make_model, train
 from cfgdiff.training.distributed import DistContext, init_distributed
-from cfgdiff.training.loop import fit, save_run_checkpoint
+from cfgdiff.training.loop import RunPlan, fit, save_run_checkpoint, train_or_resume
 from cfgdiff.training.losses import Batch, DiffusionLoss, LossFn, NoisyClassifierLoss, classifier_loss, drop_labels
 from cfgdiff.training.rundir import (
     CHECKPOINT_FILE,
@@ -53,8 +54,9 @@ from cfgdiff.training.trainer import Trainer, TrainingDiverged
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "DATA_DEFAULTS", "DIFFUSION_KIND", "DIFFUSION_LAYOUT",
     "LOSS_FILE", "RESUME_FIXED", "RESUME_MAY_CHANGE", "SHAPE_DEFAULTS", "Batch", "BatchStream", "DiffusionLoss",
-    "DistContext", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError", "RunLayout", "TrainConfig",
+    "DistContext", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError", "RunLayout", "RunPlan", "TrainConfig",
     "Trainer", "TrainingDiverged", "apply_resume_changes", "check_run_dir", "classifier_loss", "data_spec_of",
     "default_config", "derive_seed", "diffusion_trainer", "drop_labels", "fit", "init_distributed", "load_model",
     "make_model", "prepare_run_dir", "read_stored_config", "resume_config", "save_run_checkpoint", "train",
+    "train_or_resume",
 ]

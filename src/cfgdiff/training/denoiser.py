@@ -6,7 +6,6 @@ with the ``DiffusionLoss`` (label dropout to ∅ = K, λ ~ p(λ), z = α x + σ 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +15,11 @@ import torch
 from cfgdiff.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from cfgdiff.data import Dataset, load_dataset
 from cfgdiff.models import build_model
-from cfgdiff.training.config import TrainConfig, data_spec_of, resume_config
-from cfgdiff.training.distributed import DistContext, init_distributed
-from cfgdiff.training.loop import StepHook, fit
+from cfgdiff.training.config import RESUME_FIXED, TrainConfig, data_spec_of
+from cfgdiff.training.distributed import DistContext
+from cfgdiff.training.loop import RunPlan, StepHook, train_or_resume
 from cfgdiff.training.losses import DiffusionLoss
-from cfgdiff.training.rundir import CHECKPOINT_FILE, DIFFUSION_LAYOUT, check_run_dir, read_stored_config
+from cfgdiff.training.rundir import CHECKPOINT_FILE, DIFFUSION_LAYOUT
 from cfgdiff.training.trainer import Trainer
 
 DIFFUSION_KIND = "diffusion"
@@ -77,26 +76,16 @@ def train(
     ``on_step(step, loss)`` is called after every step on rank 0 (the CLI draws its progress bar with it);
     ``trainer.interrupted`` names the signal when SIGINT/SIGTERM stopped the run (after a checkpoint).
     """
-    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    changed: dict[str, Any] = {}
-    if resume:
-        stored, step = read_stored_config(run_dir)
-        if resume_changes is None:  # the Python API's older form: the new total and device from ``config``
-            resume_changes = {"steps": config.steps, "device": config.device}
-        config, changed = resume_config(TrainConfig.from_json(stored), dict(resume_changes), step=step)
-    else:
-        config = dataclasses.replace(config, model=dict(config.model))
-    config.validate()
-    dataset = load_dataset(data_spec_of(config), "train")
-    if config.hflip is None:
-        config.hflip = bool(getattr(dataset, "hflip_default", False) and dataset.is_image)
-    ctx = init_distributed(config.device)
-    try:
-        trainer = diffusion_trainer(config, dataset, dist=ctx)
-        return fit(trainer, run_dir, layout=DIFFUSION_LAYOUT, resume=resume, overwrite=overwrite,
-                   changed=changed, on_start=on_start, on_step=on_step, handle_signals=handle_signals)
-    finally:
-        ctx.shutdown()
+
+    def plan(config: TrainConfig) -> RunPlan:
+        dataset = load_dataset(data_spec_of(config), "train")
+        if config.hflip is None:
+            config.hflip = bool(getattr(dataset, "hflip_default", False) and dataset.is_image)
+        return RunPlan(lambda dist: diffusion_trainer(config, dataset, dist=dist))
+
+    return train_or_resume(config, run_dir, plan=plan, layout=DIFFUSION_LAYOUT, fixed=RESUME_FIXED, resume=resume,
+                           overwrite=overwrite, resume_changes=resume_changes, on_step=on_step, on_start=on_start,
+                           handle_signals=handle_signals)
 
 
 def load_model(

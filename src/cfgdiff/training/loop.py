@@ -13,20 +13,30 @@ What it does, in order (R processes under torchrun, or one):
    raises KeyboardInterrupt at once.
 
 Only rank 0 writes files, logs and calls ``on_start``/``on_step``; every rank computes.
+
+``train_or_resume`` is the whole run around ``fit`` that every kind of network shares (the diffusion model,
+the noisy classifier, the feature network, distillation): check the directory, on resume read the stored
+config and apply the asked changes, validate, load the data (the caller's ``plan``), join the process group,
+build the Trainer, ``fit``, leave the group.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cfgdiff.checkpoint import atomic_write_text, pause_point
+from cfgdiff.training.config import RESUME_FIXED, RESUME_MAY_CHANGE, LoopConfig, apply_resume_changes
+from cfgdiff.training.distributed import DistContext, init_distributed
 from cfgdiff.training.logs import RunLog, require_tensorboard
 from cfgdiff.training.rundir import (
     DIFFUSION_LAYOUT,
@@ -34,6 +44,7 @@ from cfgdiff.training.rundir import (
     check_run_dir,
     drop_future,
     make_run_dir,
+    read_stored_config,
     write_checkpoint,
 )
 from cfgdiff.training.trainer import Trainer, TrainingDiverged
@@ -134,6 +145,61 @@ def fit(
             log.close()
         trainer.stream.close()
     return trainer
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run trains, once its config is resolved and its data loaded (see ``train_or_resume``)."""
+
+    build: Callable[[DistContext], Trainer]  # the Trainer, built after the process group is joined
+    finalize: Callable[[Trainer], None] | None = None  # as ``fit``'s: held-out metrics before the last checkpoint
+
+
+def train_or_resume(
+    config: LoopConfig,
+    run_dir: str | os.PathLike,
+    *,
+    plan: Callable[[Any], RunPlan],
+    layout: RunLayout = DIFFUSION_LAYOUT,
+    fixed: frozenset[str] = RESUME_FIXED,
+    read_config: Callable[[dict[str, Any]], LoopConfig] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_changes: dict[str, Any] | None = None,
+    on_step: StepHook | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+    handle_signals: bool = True,
+) -> Trainer:
+    """Train (or continue) one run of ``layout`` in ``run_dir``; returns the Trainer at the end.
+
+    In order: ``check_run_dir``; on resume the latest checkpoint's config (``read_config``, by default
+    ``type(config).from_json``) with ``resume_changes`` applied (``apply_resume_changes``: loop options in
+    ``RESUME_MAY_CHANGE``, none of ``fixed``; without ``resume_changes``, ``config``'s ``steps`` and ``device``),
+    else a copy of ``config`` (the caller's object is not changed); ``validate``; ``plan(config)`` loads and
+    checks the data and fills data-dependent defaults (such as ``hflip``) in place, all before anything is
+    written; ``init_distributed``; ``plan.build(dist)``; ``fit`` (the config changes go into the log's resume
+    event); the process group is left even when training raises.
+    """
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite, layout=layout)
+    changed: dict[str, Any] = {}
+    if resume:
+        stored, step = read_stored_config(run_dir, layout)
+        if resume_changes is None:  # the Python API's older form: the new total and device from ``config``
+            resume_changes = {"steps": config.steps, "device": config.device}
+        stored_config = (read_config or type(config).from_json)(stored)
+        config, changed = apply_resume_changes(stored_config, dict(resume_changes), step=step,
+                                               may_change=RESUME_MAY_CHANGE, fixed=fixed)
+    else:
+        config = copy.deepcopy(config)
+    config.validate()
+    run_plan = plan(config)
+    ctx = init_distributed(config.device)
+    try:
+        trainer = run_plan.build(ctx)
+        return fit(trainer, run_dir, layout=layout, resume=resume, overwrite=overwrite, changed=changed,
+                   on_start=on_start, on_step=on_step, finalize=run_plan.finalize, handle_signals=handle_signals)
+    finally:
+        ctx.shutdown()
 
 
 def _loop(trainer: Trainer, run_dir: Path, layout: RunLayout, log: RunLog | None, on_step: StepHook | None,
