@@ -386,8 +386,10 @@ def section_ddp(rep: Report, args) -> None:
                      "2 proc / 1 proc": fmt_spread(spread(ratio), 2)})
     rep.table("ddp", rows, list(rows[0]))
     rep.text("The 2-process step computes half the batch per process, then all-reduces the gradients (gloo, "
-             "bucketed, over localhost) and the loss; the ratio above 1 is that communication plus the cost of "
-             "running two smaller batches on the same cores.")
+             "bucketed, over localhost) and the loss. A ratio above 1 is that communication plus the cost of "
+             "running two smaller batches on the same cores; a ratio below 1 means the two single-thread "
+             "processes use the cores better than one process's intra-op threads, by more than the all-reduce "
+             "costs (a negative overhead).")
 
 
 # -- section 3: peak memory ---------------------------------------------------------------------------------

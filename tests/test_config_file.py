@@ -11,6 +11,7 @@ import tomllib
 
 from cfgdiff.cli import build_parser, main
 from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, apply_config_file, resolved_options, to_toml
+from cfgdiff.generate import default_chunk
 
 PREFIX = "cfgdiff: error: "
 
@@ -224,9 +225,10 @@ def test_sample_and_eval_write_a_config_that_reads_back(capsys, tmp_path, digits
     assert table["n"] == 6 and table["w"] == [0.0] and table["run-dir"] == str(run_dir)
     from_file = _parse(["eval", "--config", str(eval_out / RESOLVED_CONFIG_FILE)])
     assert from_file.given == {"steps", "sampler"}  # a resolved config states every default
-    assert _comparable(from_file, ["given"]) == _comparable(
-        _parse(["eval", str(run_dir), "--w", "0", "--n", "6", "--steps", "2", "--bootstrap", "0", "--out",
-                str(eval_out), "--no-progress"]), ["given"])
+    expected = _comparable(_parse(["eval", str(run_dir), "--w", "0", "--n", "6", "--steps", "2", "--bootstrap", "0",
+                                   "--out", str(eval_out), "--no-progress"]), ["given"])
+    expected["batch_size"] = default_chunk((2,), "cpu")  # the file states the chunk the run resolved
+    assert _comparable(from_file, ["given"]) == expected
     capsys.readouterr()
 
 

@@ -115,3 +115,11 @@ def test_validation(gm):
         generate_samples(gm, torch.tensor([0]), sampler="nope")
     with pytest.raises(ValueError):
         generate_samples(gm, torch.tensor([0]), batch_size=0)
+
+
+def test_default_chunk_by_image_size_and_device():
+    from cfgdiff.generate import DEFAULT_BATCH_SIZE, default_chunk
+
+    assert default_chunk((1, 8, 8)) == default_chunk((2,)) == 256  # small images and vectors: bigger chunks
+    assert default_chunk((1, 28, 28)) == default_chunk((3, 32, 32)) == DEFAULT_BATCH_SIZE
+    assert default_chunk((1, 28, 28), "cuda") == default_chunk((1, 28, 28), "cuda:1") == 256

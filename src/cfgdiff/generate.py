@@ -16,7 +16,7 @@ an optional ``torch.compile`` of the network. The guidance and the sampler arith
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,23 @@ from cfgdiff.samplers import SAMPLERS
 # time on digits falls steeply up to 64 rows per chunk (10x dearer at 1, 1.5x at 16) and is flat within the
 # measurement noise from 64 to 256, while memory keeps growing with the chunk; on a GPU pass a larger one.
 DEFAULT_BATCH_SIZE = 64
+
+
+def default_chunk(data_shape: Sequence[int], device: str | torch.device = "cpu") -> int:
+    """Rows per sampling chunk when the user gives none (``--batch-size`` of ``sample`` and ``eval``).
+
+    Measured on the 2-core reference CPU (reports/training_benchmark.md, section 4; guided sampling, images/s by
+    chunk at torch's default 2 threads and at 1 thread): the 8x8 digits network is fastest at 256 rows (1.37x
+    chunk 64 at 2 threads, 1.02x at 1 thread), the 28x28 network at 64 rows (chunk 256: 0.58x), because a larger
+    image's activations stop fitting the caches. So on a CPU: 256 rows for images of at most 12x12 pixels and for
+    vectors, else 64. On an accelerator, where a bigger batch keeps the device busy: 256 rows (not measured in
+    that report; choose ``--batch-size`` by memory there).
+    """
+    if torch.device(device).type != "cpu":
+        return 256
+    shape = tuple(int(s) for s in data_shape)
+    small = len(shape) < 3 or shape[-1] * shape[-2] <= 144
+    return 256 if small else DEFAULT_BATCH_SIZE
 
 _MASK64 = (1 << 64) - 1
 

@@ -42,8 +42,9 @@ def add_parser(sub) -> None:
                    help="bootstrap resamples of the samples behind each FID (or SW) spread; 0: no spread "
                         "(default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=250,
-                   help="rows per sampling chunk (default 250)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
+                   help="rows per sampling chunk (default by image size and device: on a CPU 256 up to 12x12 "
+                        "pixels, else 64; 256 on an accelerator)")
     p.add_argument("--grid-per-class", type=positive_int("--grid-per-class"), default=8,
                    help="samples per class in each grid (default 8)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
@@ -178,6 +179,10 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     student = distilled_student(args, source, args.w)  # a distilled run: student.at(w), 1 row per step; else None
     args.model_args = source.command_args
     meta, model = source.meta, source.eps_fn
+    if args.batch_size is None:  # the measured best chunk for this image size on this device
+        from cfgdiff.generate import default_chunk
+
+        args.batch_size = default_chunk(source.data_shape, args.device)
     data = source.require_data() if source.kind == "diffusers" else source.data
     choice = guidance_from_args(args, model, ws=[0.0] if student else args.w, x_bound=source.x_bound,
                                 device=args.device, ema=not args.raw_weights)  # checked before any work

@@ -22,7 +22,7 @@ from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.distill import distilled_student
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
-from cfgdiff.generate import DEFAULT_BATCH_SIZE
+from cfgdiff.generate import DEFAULT_BATCH_SIZE, default_chunk
 from cfgdiff.samplers import SAMPLERS
 
 EXIT_OK = 0
@@ -98,8 +98,9 @@ def add_parser(sub) -> None:
     add_sampler_options(p, steps=128, sampler="ancestral")
     add_guidance_options(p)
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=DEFAULT_BATCH_SIZE,
-                   help=f"rows per chunk; a guided chunk is one call of 2x rows (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
+                   help="rows per chunk; a guided chunk is one call of 2x rows (default by image size and device: "
+                        f"on a CPU 256 up to 12x12 pixels, else {DEFAULT_BATCH_SIZE}; 256 on an accelerator)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
     p.add_argument("--out", type=output_path("--out"), default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
@@ -130,6 +131,8 @@ def _sample(args: argparse.Namespace, dist) -> int:
     source.check_guidance(ws, getattr(args, "guidance", "cfg"))
     student = distilled_student(args, source, ws)  # a distilled run: student.at(w), 1 row per step; else None
     model = source.eps_fn
+    if args.batch_size is None:  # the measured best chunk for this image size on this device
+        args.batch_size = default_chunk(source.data_shape, args.device)
     choice = guidance_from_args(args, model, ws=[0.0] if student else ws, x_bound=source.x_bound,
                                 device=args.device, ema=not args.raw_weights)  # checked before any work
     classes = source.class_indices(args.classes)
