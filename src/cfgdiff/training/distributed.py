@@ -11,7 +11,9 @@ plain ``cfgdiff train``) it is a single process and nothing is initialised.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +43,16 @@ class DistContext:
             dist.barrier()
 
     def shutdown(self) -> None:
-        if self.owned and dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the group. On a normal exit the ranks first meet at a barrier, so no rank tears down its gloo
+        connections while another still writes its last checkpoint (a rank that left early could abort with
+        "terminate called without an active exception"); on an error path (an exception propagating) there is
+        no barrier, since the other ranks may never reach it."""
+        if not (self.owned and dist.is_initialized()):
+            return
+        if self.enabled and sys.exc_info()[0] is None:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: leave anyway
+                dist.barrier()
+        dist.destroy_process_group()
 
 
 def env_world_size() -> int:
