@@ -17,7 +17,8 @@ import time
 import torch
 
 from cfgdiff.data import Dataset
-from cfgdiff.training import SHAPE_DEFAULTS, TrainConfig, diffusion_trainer, fit
+from cfgdiff.models.presets import preset_for
+from cfgdiff.training import TrainConfig, diffusion_trainer, fit
 
 DEVICE = "cuda"
 
@@ -35,7 +36,7 @@ def dataset(n: int = 8192) -> Dataset:
 
 
 def config(batch: int, **kwargs) -> TrainConfig:
-    preset = SHAPE_DEFAULTS[(1, 28, 28)]
+    preset = preset_for((1, 28, 28), "small")
     values = {**preset, "batch_size": batch, "device": DEVICE, "warmup_steps": 10, "hflip": False, **kwargs}
     return TrainConfig(data="synthetic28", **values)
 

@@ -37,15 +37,15 @@ def default_chunk(data_shape: Sequence[int], device: str | torch.device = "cpu")
     Measured on the 2-core reference CPU (reports/training_benchmark.md, section 4; guided sampling, images/s by
     chunk at torch's default 2 threads and at 1 thread): the 8x8 digits network is fastest at 256 rows (1.37x
     chunk 64 at 2 threads, 1.02x at 1 thread), the 28x28 network at 64 rows (chunk 256: 0.58x), because a larger
-    image's activations stop fitting the caches. So on a CPU: 256 rows for images of at most 12x12 pixels and for
-    vectors, else 64. On an accelerator, where a bigger batch keeps the device busy: 256 rows (not measured in
-    that report; choose ``--batch-size`` by memory there).
+    image's activations stop fitting the caches. So on a CPU: 256 rows for the presets' 8x8 family (shorter
+    side at most 12 pixels) and for vectors, else 64. On an accelerator, where a bigger batch keeps the device
+    busy: 256 rows (not measured in that report; choose ``--batch-size`` by memory there).
     """
+    from cfgdiff.models.presets import family_of
+
     if torch.device(device).type != "cpu":
         return 256
-    shape = tuple(int(s) for s in data_shape)
-    small = len(shape) < 3 or shape[-1] * shape[-2] <= 144
-    return 256 if small else DEFAULT_BATCH_SIZE
+    return 256 if family_of(data_shape) in ("8x8", "vector") else DEFAULT_BATCH_SIZE
 
 _MASK64 = (1 << 64) - 1
 

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                              f"trains an {config.model['arch']}")
         config.model.update(knobs)
         if not args.resume:
-            _check_model(config)  # ValueError: one line, exit 2
+            _check_model(config, data_shape)  # ValueError: one line, exit 2
         changes["model"] = {**config.model}
     bar = None
     t0 = time.perf_counter()
@@ -164,16 +164,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_model(config) -> None:
+def _check_model(config, data_shape: tuple[int, ...] | None) -> None:
     """Build the network once on the meta device so that a knob no U-Net can take fails before anything is
-    written (ValueError with the reason)."""
+    written (ValueError with the reason). ``data_shape``: the loaded data's, or None for a built-in set."""
     import torch
 
-    from cfgdiff.data import load_dataset
     from cfgdiff.models import build_model
-    from cfgdiff.training.config import BUILTIN_SHAPES, data_spec_of
+    from cfgdiff.training.config import BUILTIN_SHAPES
 
-    shape = BUILTIN_SHAPES.get(config.data) or load_dataset(data_spec_of(config), "train").data_shape
+    shape = data_shape or BUILTIN_SHAPES[config.data]
     with torch.device("meta"):
         build_model({**config.model, "image_shape": list(shape), "num_classes": 10})
 

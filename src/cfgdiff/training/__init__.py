@@ -26,7 +26,6 @@ from cfgdiff.training.config import (
     DATA_DEFAULTS,
     RESUME_FIXED,
     RESUME_MAY_CHANGE,
-    SHAPE_DEFAULTS,
     LoopConfig,
     TrainConfig,
     apply_resume_changes,
@@ -53,7 +52,7 @@ from cfgdiff.training.trainer import Trainer, TrainingDiverged
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "DATA_DEFAULTS", "DIFFUSION_KIND", "DIFFUSION_LAYOUT",
-    "LOSS_FILE", "RESUME_FIXED", "RESUME_MAY_CHANGE", "SHAPE_DEFAULTS", "Batch", "BatchStream", "DiffusionLoss",
+    "LOSS_FILE", "RESUME_FIXED", "RESUME_MAY_CHANGE", "Batch", "BatchStream", "DiffusionLoss",
     "DistContext", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError", "RunLayout", "RunPlan", "TrainConfig",
     "Trainer", "TrainingDiverged", "apply_resume_changes", "check_run_dir", "classifier_loss", "data_spec_of",
     "default_config", "derive_seed", "diffusion_trainer", "drop_labels", "fit", "init_distributed", "load_model",

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cfgdiff.models.presets import PRESETS, preset_for
+from cfgdiff.models.presets import preset_for
 from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
 
 LOADERS = ("auto", "memory", "streaming")
@@ -128,12 +128,7 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# Defaults for data sets given as a path come from the model presets (``cfgdiff.models.presets``), by the data's
-# shape; this is the CPU default for 1x28x28 (the Fashion-MNIST run), kept by name for scripts that use it.
-SHAPE_DEFAULTS: dict[tuple[int, ...], dict[str, Any]] = {
-    (1, 28, 28): PRESETS["28x28"]["small"],
-}
-
+# Defaults for data sets given as a path come from the model presets (``cfgdiff.models.presets``), by shape.
 # The shape of each built-in data set, for ``--model SIZE`` on it.
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "gmm2d": (2,)}
 
