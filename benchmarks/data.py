@@ -232,10 +232,10 @@ def time_preset(shape: tuple[int, ...], size: str, device: str, *, batch: int, s
     data loading); one warm-up step, then the mean of ``steps`` timed steps."""
     import torch
 
-    from cfgdiff.diffusion import diffuse, loss_eps_mse
+    from cfgdiff.core.diffusion import diffuse, loss_eps_mse
+    from cfgdiff.core.schedule import sample_logsnr
     from cfgdiff.models import build_model
     from cfgdiff.models.presets import preset_for
-    from cfgdiff.schedule import sample_logsnr
 
     preset = preset_for(shape, size)
     config = {**preset["model"], "num_classes": 10}

@@ -24,7 +24,8 @@ Needs the optional extra diffusers (``pip install 'cfgdiff[diffusers]'``). Secti
   images per second of each; plus diffusers' ``DiTPipeline.__call__`` on a latent DiT with a VAE (random weights)
   against cfgdiff's latent path (sampler + ``decode``);
 * ``guidance``: (c) what cfgdiff adds on these models, FID / IS in digits-classifier features
-  (``cfgdiff.features``, ``cfgdiff.metrics``): DPM-Solver++(2M) with plain CFG against the guidance interval
+  (``cfgdiff.evaluation.features``, ``cfgdiff.evaluation.metrics``): DPM-Solver++(2M) with plain CFG against the
+  guidance interval
   (σ in (σ_lo, σ_hi], Kynkäänniemi et al. 2024) at the same w, with network evaluations per image, and one
   guidance variant (rescaled CFG, Lin et al. 2023, φ = 0.7);
 * ``gpu`` (only with CUDA): a DiT-XL/2-sized latent DiT with an SD-sized VAE (random weights, 256×256 images),
@@ -54,10 +55,10 @@ import torch
 
 from cfgdiff.adapters.diffusers import DiffusersEpsFn, DiffusersModel, import_diffusers, load_diffusers
 from cfgdiff.adapters.discrete import logsnr_grid_from_timesteps
-from cfgdiff.contract import CountingEpsFn
-from cfgdiff.generate import generate_samples, prepare_eps_fn
+from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.guidance import cfg, guidance_interval_sigma
-from cfgdiff.samplers import sample_ddim, sample_dpmpp_2m
+from cfgdiff.sampling.generate import generate_samples, prepare_eps_fn
+from cfgdiff.sampling.solvers import sample_ddim, sample_dpmpp_2m
 
 ALL_SECTIONS = ("train", "equality", "loops", "guidance", "gpu")
 NUM_CLASSES = 10  # digits
@@ -383,7 +384,7 @@ class _Features:
 
     def __init__(self, seed: int) -> None:
         from cfgdiff.data import load_dataset
-        from cfgdiff.features import feature_extractor_for
+        from cfgdiff.evaluation.features import feature_extractor_for
 
         self.extractor = feature_extractor_for("digits")
         train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
@@ -396,12 +397,12 @@ class _Features:
         return self.extractor(x.to(torch.float32))[0].double().numpy()
 
     def fid(self, feats: np.ndarray) -> float:
-        from cfgdiff.metrics import frechet_distance
+        from cfgdiff.evaluation.metrics import frechet_distance
 
         return frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), *self.ref)
 
     def score(self, x: torch.Tensor, bootstrap: int = 20) -> tuple[float, float, float]:
-        from cfgdiff.metrics import inception_score
+        from cfgdiff.evaluation.metrics import inception_score
 
         feats, probs = self.extractor(x.to(torch.float32))
         feats = feats.double().numpy()

@@ -9,12 +9,12 @@ Sections (``--sections``, comma-separated; all by default):
   share of the wall time spent outside the network (the network's calls are timed by a wrapper);
 * ``guided``: unguided, guided and guidance-interval sampling at equal steps at the default chunk size;
 * ``chunks``: per-image time of guided sampling against the chunk size, batched guidance (one call of 2B rows)
-  against two calls of B rows: the figures behind ``cfgdiff.generate.DEFAULT_BATCH_SIZE``;
+  against two calls of B rows: the figures behind ``cfgdiff.sampling.generate.DEFAULT_BATCH_SIZE``;
 * ``lucidrains``: denoising-diffusion-pytorch's classifier_free_guidance module sampling with its own DDIM
   loop, and the very same ``Unet`` instance wrapped into cfgdiff's eps_fn contract, sampled by cfgdiff at equal
   batch, steps and guidance (its package is looked for on ``--lucidrains-path`` and never imported from the
   package ``__init__``, which needs torchvision);
-* ``quality``: FID / IS (``cfgdiff.metrics`` with the digits-classifier features when available, else a
+* ``quality``: FID / IS (``cfgdiff.evaluation.metrics`` with the digits-classifier features when available, else a
   pixel-space Fréchet distance, named as such) of DPM-Solver++(2M) at 10/15/20/25 steps and of the guidance
   interval against the paper's ancestral sampler at 256 steps, at the same w values;
 * ``lucidrains_quality`` (only when named): the trained digits model inside lucidrains' own GaussianDiffusion
@@ -43,12 +43,12 @@ import torch
 from markdown_report import Report  # beside this script
 
 import cfgdiff
-from cfgdiff.contract import null_labels
-from cfgdiff.generate import DEFAULT_BATCH_SIZE, generate_samples
+from cfgdiff.core.contract import null_labels
+from cfgdiff.core.schedule import logsnr_grid
 from cfgdiff.guidance import cfg, combine_cfg, guidance_interval_sigma, guided_fraction
 from cfgdiff.models import UNet
-from cfgdiff.samplers import sample_ddim
-from cfgdiff.schedule import logsnr_grid
+from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, generate_samples
+from cfgdiff.sampling.solvers import sample_ddim
 
 ALL_SECTIONS = ("speed", "guided", "chunks", "lucidrains", "quality")  # + "lucidrains_quality", by name
 
@@ -269,7 +269,7 @@ def section_lucidrains(rep: Report, args) -> None:
                 x = img * 2 - 1
             else:
                 timed_net.reset()
-                solver = sample_ddim if "ddim" in name else cfgdiff.samplers.sample_dpmpp_2m
+                solver = sample_ddim if "ddim" in name else cfgdiff.sampling.solvers.sample_dpmpp_2m
                 x = solver(cfg(timed_net, w), (batch, 3, size, size), labels, grid=grid, z=z, clip_x=True)
             best = min(best, time.perf_counter() - t0)
         results[name] = (best, x)
@@ -443,13 +443,13 @@ def _textbook_cfg(forward_with_cond_scale):
 
 
 def _quality_metric(args):
-    """(name, fn(x) -> (fid, is)) with cfgdiff.metrics' digits-classifier features, or a pixel stand-in."""
+    """(name, fn(x) -> (fid, is)) with cfgdiff.evaluation.metrics' digits-classifier features, or a pixel stand-in."""
     from cfgdiff.data import load_dataset
 
     real = load_dataset("digits", "train").x.float()
     try:
-        from cfgdiff.features import feature_extractor_for
-        from cfgdiff.metrics import extract_features, frechet_distance, inception_score, metric_names
+        from cfgdiff.evaluation.features import feature_extractor_for
+        from cfgdiff.evaluation.metrics import extract_features, frechet_distance, inception_score, metric_names
 
         extractor = feature_extractor_for("digits")
         ref = extract_features(extractor, real)

@@ -7,8 +7,8 @@ Run from the repository root: ``PYTHONPATH=. python benchmarks/solver_order.py``
 
 import torch
 
-from cfgdiff.samplers import sample_ddim, sample_dpmpp_2m, sample_dpmpp_3m, sample_heun
-from cfgdiff.toy import GaussianMixture
+from cfgdiff.core.toy import GaussianMixture
+from cfgdiff.sampling.solvers import sample_ddim, sample_dpmpp_2m, sample_dpmpp_3m, sample_heun
 from tests.helpers import measured_order
 
 

@@ -26,9 +26,9 @@ figure the median of ``--repeats`` repeats with its range (min – max):
   digits (8×8 base), 28×28 small and 32×32 small presets, each in a fresh process: peak resident set (VmHWM, and
   its rise over the process after imports) on a CPU, ``torch.cuda.max_memory_allocated`` on CUDA; sampling at
   N = 250, 1000, 4000 to show that it is flat in N (samples stream in chunks, as ``cfgdiff eval`` consumes them).
-* ``chunks``: images/s of guided sampling (``cfgdiff.generate.iter_samples``, the path of ``cfgdiff sample`` and
-  ``eval``) at chunks of 64/128/256/512 rows, at torch's default thread count (no OMP_NUM_THREADS, as a user
-  runs it) and at 1 thread, on the digits network and the 28×28 small network (random weights: the cost does
+* ``chunks``: images/s of guided sampling (``cfgdiff.sampling.generate.iter_samples``, the path of ``cfgdiff
+  sample`` and ``eval``) at chunks of 64/128/256/512 rows, at torch's default thread count (no OMP_NUM_THREADS, as
+  a user runs it) and at 1 thread, on the digits network and the 28×28 small network (random weights: the cost does
   not depend on them); on CUDA too with ``--device cuda``. The best chunk per setting is named.
 
 Synthetic data (random uint8 images, 10 classes) stands in for 28×28 and 32×32 data; digits is the real set.
@@ -396,7 +396,7 @@ def section_ddp(rep: Report, args) -> None:
 
 
 def worker_memory(spec: dict) -> dict:
-    from cfgdiff.generate import DEFAULT_BATCH_SIZE, iter_samples
+    from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, iter_samples
     from cfgdiff.training import diffusion_trainer
 
     torch.set_num_threads(spec["threads"])
@@ -455,7 +455,7 @@ def section_memory(rep: Report, args) -> None:
 
 
 def worker_chunks(spec: dict) -> dict:
-    from cfgdiff.generate import iter_samples
+    from cfgdiff.sampling.generate import iter_samples
 
     if spec["threads"] is not None:
         torch.set_num_threads(spec["threads"])
@@ -481,11 +481,11 @@ def worker_chunks(spec: dict) -> dict:
 
 
 def section_chunks(rep: Report, args) -> None:
-    from cfgdiff.generate import DEFAULT_BATCH_SIZE
+    from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE
 
     rep.text("## 4. Sampling chunk: images/s of guided sampling against the chunk size")
     rep.text("")
-    rep.text(f"cfgdiff.generate.iter_samples (guided, w = 1, ancestral, {args.chunk_steps} steps, "
+    rep.text(f"cfgdiff.sampling.generate.iter_samples (guided, w = 1, ancestral, {args.chunk_steps} steps, "
              f"{args.chunk_n} images per measurement, {args.repeats} repeats interleaved over the chunk sizes); "
              f"images/s: median (min – max). Defaults today: `cfgdiff sample --batch-size` {DEFAULT_BATCH_SIZE}, "
              "`cfgdiff eval --batch-size` 250.")

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from cfgdiff.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from cfgdiff.cli import main  # noqa: E402
+from cfgdiff.runtime.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from cfgdiff.training import CHECKPOINT_FILE  # noqa: E402
 
 ROOT = Path(tempfile.mkdtemp(prefix="cfgdiff-bad-"))
@@ -99,7 +99,7 @@ def build_fixtures():
     save_file({"w": torch.zeros(2)}, str(ROOT / "foreign" / CHECKPOINT_FILE))
     (ROOT / "empty").mkdir()
     (ROOT / "afile").write_text("not a directory\n")
-    from cfgdiff.features.classifier import FeatureClassifier, default_classifier_config, save_feature_classifier
+    from cfgdiff.models.feature_classifier import FeatureClassifier, default_classifier_config, save_feature_classifier
 
     save_feature_classifier(FeatureClassifier(**default_classifier_config((3, 16, 16), 10)),
                             ROOT / "rgb-features" / "features.safetensors", {"data_name": "rgb"})
@@ -112,7 +112,7 @@ def build_fixtures():
 
 
 def data_cases():
-    from tests.test_data_formats import (
+    from tests.data.test_data_formats import (
         cifar_records,
         idx_bytes,
         make_set,
@@ -373,7 +373,7 @@ def interop_cases():
     try:
         import diffusers  # noqa: F401
 
-        import tests.test_adapters_diffusers as t
+        import tests.adapters.test_adapters_diffusers as t
     except ImportError:
         return
     torch.manual_seed(2)

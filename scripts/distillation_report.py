@@ -12,7 +12,7 @@ from one w to the next so that no model always runs first (warm caches) or last:
 * each stage-2 student with its own recorded DDIM steps: 1 row per step.
 
 Each row: FID (the data set's feature network) ± its bootstrap spread at N samples, IS and network rows (NFE) per
-image, from ``cfgdiff.evaluation.run_sweep`` with the same per-sample seeds; and seconds per image from a separate
+image, from ``cfgdiff.evaluation.sweep.run_sweep`` with the same per-sample seeds; and seconds per image from a separate
 timing phase: ``--timing-repeats`` rounds, each timing one chunk of ``--timing-batch`` images of every
 (w, model) in a rotating order, the median per (w, model) (the sweep's own sampling time is in the JSON).
 Then the training cost of each stage from its run's loss.jsonl, and the targets:
@@ -36,19 +36,19 @@ from pathlib import Path
 
 import torch
 
-from cfgdiff.checkpoint import read_metadata, resolve_checkpoint
 from cfgdiff.distillation import DISTILLATION_KEY, load_student
 from cfgdiff.distillation.evaluate import sweep_student
 from cfgdiff.distillation.run import stage_cost
-from cfgdiff.evaluation import run_sweep
+from cfgdiff.evaluation.sweep import run_sweep
+from cfgdiff.runtime.checkpoint import read_metadata, resolve_checkpoint
 from cfgdiff.training import CHECKPOINT_FILE, load_model
 
 
 def _scorer(meta: dict, *, device: str, bootstrap: int, seed: int):
     """FID vs the training split (± bootstrap spread) and vs the test split, IS: the scorer ``cfgdiff eval`` uses."""
     from cfgdiff.data import DataSpec, load_dataset
-    from cfgdiff.features import feature_extractor_for
-    from cfgdiff.metrics import ImageScorer, reference_statistics
+    from cfgdiff.evaluation.features import feature_extractor_for
+    from cfgdiff.evaluation.metrics import ImageScorer, reference_statistics
 
     spec = DataSpec.from_json(meta["data_spec"]) if meta.get("data_spec") else DataSpec(source=meta["data"])
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
@@ -86,7 +86,7 @@ def _sync(device: str) -> None:
 def time_models(args: argparse.Namespace, teacher, entries) -> dict[tuple[str, float], float]:
     """Median seconds per image of every (model, w): ``--timing-repeats`` rounds over all pairs, the pairs'
     order rotated from round to round, each timing one chunk of ``--batch-size`` class-balanced images."""
-    from cfgdiff.generate import generate_samples
+    from cfgdiff.sampling.generate import generate_samples
 
     labels = torch.arange(args.timing_batch) % teacher.num_classes
     pairs = [(key, w, student, sampler, steps) for key, student, sampler, steps in entries for w in args.w]

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         results[method] = _eval(args.run_dir, method, args, root / method, extra)
     seconds = time.perf_counter() - t0
 
-    from cfgdiff.plotting import tradeoff_plot
+    from cfgdiff.evaluation.plotting import tradeoff_plot
 
     first = next(iter(results.values()))
     meta = first["meta"]

@@ -24,9 +24,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cfgdiff.core.schedule import alpha_sigma
+from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import implicit_classifier_grad
-from cfgdiff.schedule import alpha_sigma
-from cfgdiff.toy import GaussianMixture
 from cfgdiff.training import load_model
 
 

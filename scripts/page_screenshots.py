@@ -32,7 +32,7 @@ def _chromium(explicit: str | None) -> str:
 
 def report_screenshot(browser, eval_dirs: list[Path], out: Path, *, width: int = 1280, height: int = 1100) -> None:
     """The report page of these eval directories: the plot, the pinned grid and (below) the first table."""
-    from cfgdiff.report import write_report
+    from cfgdiff.evaluation.report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         page_path = write_report(eval_dirs, Path(tmp) / "report.html")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cfgdiff.data import load_digits
-from cfgdiff.features import DigitsClassifierNet, load_digits_classifier, save_digits_classifier
+from cfgdiff.evaluation.features import DigitsClassifierNet, load_digits_classifier, save_digits_classifier
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "cfgdiff" / "assets" / "digits_classifier.safetensors"
 

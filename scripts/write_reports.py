@@ -16,8 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
-from cfgdiff.evaluation import best_row, load_sweep
-from cfgdiff.plotting import metrics_vs_w_plot, tradeoff_plot
+from cfgdiff.evaluation.plotting import metrics_vs_w_plot, tradeoff_plot
+from cfgdiff.evaluation.sweep import best_row, load_sweep
 
 
 def _load(path: Path):
@@ -236,7 +236,7 @@ def classifier_report(cfg_study, cls_study, out: Path, logs: Path, classifier_di
     meta_path = classifier_dir / "classifier.safetensors"
     acc = ""
     if meta_path.is_file():
-        from cfgdiff.checkpoint import read_metadata
+        from cfgdiff.runtime.checkpoint import read_metadata
 
         m = read_metadata(meta_path)
         acc = ", ".join(f"λ = {k}: {v:.3f}" for k, v in m.get("noisy_test_accuracy", {}).items())

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from cfgdiff.core.diffusion import diffuse, loss_eps_mse
 from cfgdiff.data import Dataset
-from cfgdiff.diffusion import diffuse, loss_eps_mse
 
 TINY_MLP = {"arch": "mlp", "hidden": 32, "depth": 1, "emb_dim": 32}
 TINY_UNET = {"arch": "unet", "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "emb_dim": 32,

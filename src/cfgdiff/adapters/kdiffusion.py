@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 
 LABEL_KEY = "class_cond"
 KDIFFUSION_INSTALL = "pip install --no-deps k-diffusion torchdiffeq torchsde trampoline"

@@ -15,9 +15,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cfgdiff.checkpoint import CheckpointError
 from cfgdiff.cli.arguments import Parser, UsageError
 from cfgdiff.cli.config_file import add_config_option, apply_config_file
+from cfgdiff.runtime.checkpoint import CheckpointError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -404,7 +404,7 @@ def write_resolved_config(args: argparse.Namespace, path: str | Path, *,
     """Write the command's resolved configuration (``resolved_options``) to ``path`` as TOML, atomically, under a
     ``[COMMAND]`` table, so that ``cfgdiff COMMAND --config PATH`` runs the same configuration."""
     from cfgdiff import __version__
-    from cfgdiff.checkpoint import atomic_write_text
+    from cfgdiff.runtime.checkpoint import atomic_write_text
 
     command = args.command
     values, unset = resolved_options(args, command_parser(command), fill)

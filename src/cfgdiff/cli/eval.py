@@ -86,10 +86,10 @@ def _pm(value: float | None, std: float | None) -> str:
 
 def _scorer(args: argparse.Namespace, meta: dict, data: str, model):
     """(the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None)."""
+    from cfgdiff.core.toy import GaussianMixture
     from cfgdiff.data import DataSpec, load_dataset
-    from cfgdiff.features import feature_extractor_for
-    from cfgdiff.metrics import ImageScorer, VectorScorer, near_copy_detector, reference_statistics
-    from cfgdiff.toy import GaussianMixture
+    from cfgdiff.evaluation.features import feature_extractor_for
+    from cfgdiff.evaluation.metrics import ImageScorer, VectorScorer, near_copy_detector, reference_statistics
 
     spec = DataSpec.from_json(meta["data_spec"]) if meta.get("data_spec") else DataSpec(source=data)
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
@@ -148,7 +148,7 @@ def _summary(result) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.distributed_sampling import sampling_group
+    from cfgdiff.sampling.sharded import sampling_group
 
     with sampling_group(args.device) as (dist, args.device):  # under torchrun: its group, each rank its device
         return _evaluate(args, dist)
@@ -156,14 +156,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, dist) -> int:
     """``run`` in one process, or as one rank of torchrun's group: the ranks split the samples of each w
-    (``cfgdiff.distributed_sampling``), rank 0 scores them all, once, with the one-process result, and alone
+    (``cfgdiff.sampling.sharded``), rank 0 scores them all, once, with the one-process result, and alone
     writes and prints."""
     from functools import partial
 
     from cfgdiff.cli.distill import distilled_student
     from cfgdiff.distillation.evaluate import sweep_student
-    from cfgdiff.distributed_sampling import main_only
-    from cfgdiff.evaluation import run_sweep, write_sweep
+    from cfgdiff.evaluation.sweep import run_sweep, write_sweep
+    from cfgdiff.sampling.sharded import main_only
 
     if args.n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
@@ -180,7 +180,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     args.model_args = source.command_args
     meta, model = source.meta, source.eps_fn
     if args.batch_size is None:  # the measured best chunk for this image size on this device
-        from cfgdiff.generate import default_chunk
+        from cfgdiff.models.presets import default_chunk
 
         args.batch_size = default_chunk(source.data_shape, args.device)
     data = source.require_data() if source.kind == "diffusers" else source.data

@@ -114,7 +114,7 @@ class CountingGuide:
     total number of network rows evaluated so far (the main network's and, for autoguidance, the guide's)."""
 
     def __init__(self, choice: GuidanceChoice) -> None:
-        from cfgdiff.contract import CountingEpsFn
+        from cfgdiff.core.contract import CountingEpsFn
 
         self._counting = CountingEpsFn
         self.extra = {name: CountingEpsFn(choice.params[name]) for name in choice.networks}
@@ -166,7 +166,7 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
         if args.classifier is None:
             raise UsageError("--guidance classifier needs --classifier RUN_DIR (train one with cfgdiff "
                              "train-classifier)")
-        from cfgdiff.classifier import describe, load_classifier
+        from cfgdiff.training.classifier import describe, load_classifier
 
         classifier = load_classifier(args.classifier, device=device)
         if tuple(classifier.data_shape) != tuple(model.data_shape):

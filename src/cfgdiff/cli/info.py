@@ -27,8 +27,8 @@ EXIT_OK = 0
 # the kinds of run a directory may hold: (name, what trains it, module and attribute of its RunLayout)
 RUN_KINDS = (
     ("diffusion", "cfgdiff train", "cfgdiff.training.rundir", "DIFFUSION_LAYOUT"),
-    ("noisy_classifier", "cfgdiff train-classifier", "cfgdiff.classifier", "CLASSIFIER_LAYOUT"),
-    ("feature_classifier", "cfgdiff train-features", "cfgdiff.features.train", "FEATURES_LAYOUT"),
+    ("noisy_classifier", "cfgdiff train-classifier", "cfgdiff.training.classifier", "CLASSIFIER_LAYOUT"),
+    ("feature_classifier", "cfgdiff train-features", "cfgdiff.training.features", "FEATURES_LAYOUT"),
 )
 
 
@@ -98,7 +98,7 @@ def _header(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """(the cfgdiff metadata, {tensor name: shape}) of a checkpoint, from its safetensors header only."""
     from safetensors import SafetensorError, safe_open
 
-    from cfgdiff.checkpoint import CheckpointError, read_metadata
+    from cfgdiff.runtime.checkpoint import CheckpointError, read_metadata
 
     meta = read_metadata(path)  # CheckpointError for a missing, foreign, truncated header or corrupt metadata
     try:
@@ -163,7 +163,7 @@ def _data(meta: dict[str, Any], provenance: Any, config: dict[str, Any]) -> dict
 
 
 def _checkpoints(run_dir: Path, layout: Any, latest: Path) -> list[dict[str, Any]]:
-    from cfgdiff.checkpoint import CheckpointError, read_metadata
+    from cfgdiff.runtime.checkpoint import CheckpointError, read_metadata
 
     files = [(latest, True)] + [(p, False) for _, p in layout.step_files(run_dir) if p != latest]
     out = []

@@ -76,7 +76,7 @@ class ModelSource:
         """``logsnr_min`` / ``logsnr_max`` for ``sampler``: its defaults clipped to the trained range."""
         if self.logsnr_min is None or self.logsnr_max is None:
             return {}
-        from cfgdiff.samplers import SAMPLERS
+        from cfgdiff.sampling.solvers import SAMPLERS
 
         params = inspect.signature(SAMPLERS[sampler]).parameters
         lo = max(self.logsnr_min, float(params["logsnr_min"].default))
@@ -152,7 +152,7 @@ def load_model_source(args: argparse.Namespace, *, ema: bool = True, device: str
     _check_choice(args)
     if args.diffusers is not None:
         return _load_diffusers_source(args, device)
-    from cfgdiff.checkpoint import read_metadata
+    from cfgdiff.runtime.checkpoint import read_metadata
     from cfgdiff.training import CHECKPOINT_FILE, load_model
 
     model = load_model(args.run_dir, ema=ema, device=device)

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.report import load_sweep_dir, write_report
+    from cfgdiff.evaluation.report import load_sweep_dir, write_report
 
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out must be an .html path, got {args.out}")

@@ -22,8 +22,8 @@ from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.distill import distilled_student
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
-from cfgdiff.generate import DEFAULT_BATCH_SIZE, default_chunk
-from cfgdiff.samplers import SAMPLERS
+from cfgdiff.models.presets import DEFAULT_SAMPLING_CHUNK, default_chunk
+from cfgdiff.sampling.solvers import SAMPLERS
 
 EXIT_OK = 0
 
@@ -100,7 +100,7 @@ def add_parser(sub) -> None:
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="rows per chunk; a guided chunk is one call of 2x rows (default by image size and device: "
-                        f"on a CPU 256 up to 12x12 pixels, else {DEFAULT_BATCH_SIZE}; 256 on an accelerator)")
+                        f"on a CPU 256 up to 12x12 pixels, else {DEFAULT_SAMPLING_CHUNK}; 256 on an accelerator)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
     p.add_argument("--out", type=output_path("--out"), default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
@@ -112,7 +112,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.distributed_sampling import sampling_group
+    from cfgdiff.sampling.sharded import sampling_group
 
     with sampling_group(args.device) as (dist, args.device):  # under torchrun: its group, each rank its device
         return _sample(args, dist)
@@ -120,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, dist) -> int:
     """``run`` in one process, or as one rank of torchrun's group: the ranks split the samples of each w
-    (``cfgdiff.distributed_sampling``), rank 0 gets them all, bit for bit those of one process, and alone writes
+    (``cfgdiff.sampling.sharded``), rank 0 gets them all, bit for bit those of one process, and alone writes
     and prints."""
-    from cfgdiff.distributed_sampling import generate_samples_sharded, sum_over_ranks
-    from cfgdiff.plotting import save_sample_grid, toy_guidance_figure
-    from cfgdiff.toy import GaussianMixture
+    from cfgdiff.core.toy import GaussianMixture
+    from cfgdiff.evaluation.plotting import save_sample_grid, toy_guidance_figure
+    from cfgdiff.sampling.sharded import generate_samples_sharded, sum_over_ranks
 
     ws = resolve_weights(args, [0.0, 1.0, 3.0])
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR

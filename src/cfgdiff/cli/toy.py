@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from cfgdiff.cli.arguments import UsageError, float_list, output_path, positive_int, unit_float
-from cfgdiff.samplers import SAMPLERS
+from cfgdiff.sampling.solvers import SAMPLERS
 
 EXIT_OK = 0
 
@@ -30,9 +30,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.generate import generate_samples
-    from cfgdiff.plotting import toy_guidance_figure
-    from cfgdiff.toy import GaussianMixture
+    from cfgdiff.core.toy import GaussianMixture
+    from cfgdiff.evaluation.plotting import toy_guidance_figure
+    from cfgdiff.sampling.generate import generate_samples
 
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png path, got {args.out}")

@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cfgdiff.classifier import ClassifierConfig, describe, train_classifier
     from cfgdiff.data import DataSpec
+    from cfgdiff.training.classifier import ClassifierConfig, describe, train_classifier
 
     spec = data_spec_from_args(args, default="digits")
     if spec.source == "gmm2d":

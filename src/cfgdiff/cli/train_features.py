@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cfgdiff.data import DataSpec, load_dataset
-    from cfgdiff.features.train import FeatureTrainConfig, network_config, train_features
+    from cfgdiff.training.features import FeatureTrainConfig, network_config, train_features
 
     spec = data_spec_from_args(args, default="digits")
     if args.resume and args.overwrite:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.data.cache import content_sha256
 from cfgdiff.data.dataset import SPLITS, DataError, Dataset
-from cfgdiff.toy import GaussianMixture
 
 
 def _check_split(split: str) -> None:

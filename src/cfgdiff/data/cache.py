@@ -1,6 +1,6 @@
 """The decoded-image cache: image folders, EDM zips and Hugging Face sets are decoded once, then memory-mapped.
 
-Where: ``{cache}/data/{format}-{key}/`` with ``{cache}`` = ``cfgdiff.cache.default_cache_dir()``
+Where: ``{cache}/data/{format}-{key}/`` with ``{cache}`` = ``cfgdiff.runtime.cache.default_cache_dir()``
 (``$CFGDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/cfgdiff``, else ``~/.cache/cfgdiff``). An entry holds
 ``images.npy`` (uint8 [N, C, H, W], every row of the source, its own test rows last), ``labels.npy`` (int64 [N])
 and ``meta.json`` (shape, class names, skipped files, the content hash), and, for sources without a test split
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cfgdiff.cache import default_cache_dir
+from cfgdiff.runtime.cache import default_cache_dir
 
 CACHE_VERSION = 1  # bump when the decoded bytes of the same files would change
 IMAGES_FILE, LABELS_FILE, META_FILE = "images.npy", "labels.npy", "meta.json"

@@ -1,4 +1,4 @@
-"""Evaluating a distilled student with the project's sweep (``cfgdiff.evaluation.run_sweep``).
+"""Evaluating a distilled student with the project's sweep (``cfgdiff.evaluation.sweep.run_sweep``).
 
 At each w the student is the eps_fn ``student.at(w)``, already guided, so it is sampled without a guidance
 wrapper's second row: the sweep runs it at classifier-free weight 0 (one network call of B rows per step, counted
@@ -22,7 +22,7 @@ __all__ = ["DISTILLED", "sweep_student"]
 def sweep_student(student: Student, ws: Sequence[float], **run_sweep_kwargs: Any):
     """``run_sweep`` for a student: ``student.at(w)`` at every w (``WRangeError`` before any sampling when a w
     lies outside its range), one row per w with ``guidance == "distilled"``; returns a ``SweepResult``."""
-    from cfgdiff.evaluation import run_sweep
+    from cfgdiff.evaluation.sweep import run_sweep
 
     for w in ws:
         student.w_range.check(w)

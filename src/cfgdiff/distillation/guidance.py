@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from cfgdiff.contract import EpsFn
-from cfgdiff.diffusion import diffuse, loss_eps_mse
+from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.diffusion import diffuse, loss_eps_mse
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, sample_logsnr
 from cfgdiff.distillation.student import WRange
 from cfgdiff.guidance import combine_cfg, eval_cond_uncond
 from cfgdiff.models import build_model
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN, sample_logsnr
 
 # A w-conditioned denoiser: eps = f(z, logsnr, labels, w), w a [B] tensor (a student network, or a guided teacher).
 WEpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,7 +50,7 @@ def guided_teacher(eps_fn: EpsFn) -> WEpsFn:
         f(z, λ, c, w) = (1 + w) ε(z, c) - w ε(z, ∅),
 
     from ONE batched call of 2B rows (conditional rows, then the same rows with the null label K). Works for
-    any eps_fn (a trained network, ``cfgdiff.toy.GaussianMixture`` with exact scores, ...).
+    any eps_fn (a trained network, ``cfgdiff.core.toy.GaussianMixture`` with exact scores, ...).
     """
 
     def guided(z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Stage 2, progressive distillation of the deterministic sampler (Salimans & Ho 2022, arXiv 2202.00512, Alg. 2).
 
 A w-conditioned teacher run with DDIM (η = 0) for N steps on the cosine log-SNR grid of
-``cfgdiff.schedule.logsnr_grid`` is distilled into a student that takes N/2 steps: one student DDIM step must
+``cfgdiff.core.schedule.logsnr_grid`` is distilled into a student that takes N/2 steps: one student DDIM step must
 land where two teacher DDIM steps land. The cosine grid of N/2 steps is every other point of the N-step grid
 (u_j = 1 - j/(N/2) = 1 - 2j/N), so student step j goes λ_a = λ_{2j} → λ_c = λ_{2j+2} across the teacher's
 midpoint λ_b = λ_{2j+1}.
@@ -43,10 +43,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cfgdiff.diffusion import diffuse
+from cfgdiff.core.diffusion import diffuse
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, alpha_sigma, logsnr_grid
 from cfgdiff.distillation.guidance import WEpsFn
 from cfgdiff.distillation.student import WRange
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN, alpha_sigma, logsnr_grid
 
 WEIGHTINGS = ("truncated_snr", "snr")
 NOISE_END_LOGSNR = -10.0  # below this λ a progressive student's output is read as z - x̂ (output_to_eps)
@@ -81,7 +81,7 @@ def denoise(
     x_bound: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ε̂, x̂) of a w-conditioned denoiser at per-row λ, x̂ = (z - σ ε̂)/α clipped to [-b, b] with ε̂ recomputed
-    from it when ``x_bound`` is b (as ``cfgdiff.samplers`` does)."""
+    from it when ``x_bound`` is b (as ``cfgdiff.sampling.solvers`` does)."""
     alpha, sigma = _coefficients(logsnr, z)  # from λ in float64, as the samplers do
     eps = teacher(z, logsnr.to(z.dtype), labels, w)  # the network sees λ in z's dtype, as in the samplers
     x = (z - sigma * eps) / alpha

@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from cfgdiff.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.distillation.guidance import GuidanceDistillationLoss, init_student
 from cfgdiff.distillation.progressive import NOISE_END_LOGSNR, WEIGHTINGS, ProgressiveDistillationLoss, check_halving
 from cfgdiff.distillation.student import (
@@ -45,7 +45,7 @@ from cfgdiff.distillation.student import (
     load_student,
 )
 from cfgdiff.models import build_model
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
+from cfgdiff.runtime.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
 from cfgdiff.training import (
     CHECKPOINT_FILE,
     DIFFUSION_KIND,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cfgdiff.schedule import alpha_sigma
+from cfgdiff.core.schedule import alpha_sigma
 
 DISTILLATION_KEY = "distillation"  # checkpoint metadata key of a distilled run
 STAGE_GUIDANCE = "guidance"  # stage 1: w-conditioned student of a CFG teacher
@@ -242,7 +242,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    from cfgdiff.checkpoint import resolve_checkpoint
+    from cfgdiff.runtime.checkpoint import resolve_checkpoint
 
     return resolve_checkpoint(run_dir, "checkpoint.safetensors")
 
@@ -250,9 +250,9 @@ def _checkpoint_path(run_dir: str | os.PathLike) -> Path:
 def distillation_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The ``distillation`` record of a run (directory or checkpoint file), or None for an ordinary run.
 
-    Raises ``cfgdiff.checkpoint.CheckpointError`` for a missing or foreign checkpoint.
+    Raises ``cfgdiff.runtime.checkpoint.CheckpointError`` for a missing or foreign checkpoint.
     """
-    from cfgdiff.checkpoint import read_metadata
+    from cfgdiff.runtime.checkpoint import read_metadata
 
     info = read_metadata(_checkpoint_path(run_dir)).get(DISTILLATION_KEY)
     return dict(info) if info else None

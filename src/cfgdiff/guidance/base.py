@@ -17,7 +17,7 @@ whose w = 0 is the plain conditional model does the same; elsewhere a guided ste
 
 **The eps_fn contract and its two optional extensions.** A guidance wrapper is an eps_fn,
 ``eps = eps_fn(z, logsnr, labels)``. It may also have either or both of these methods; every sampler in
-``cfgdiff.samplers`` honours them, deterministic and stochastic alike, and an eps_fn without them is sampled
+``cfgdiff.sampling.solvers`` honours them, deterministic and stochastic alike, and an eps_fn without them is sampled
 exactly as before (bit for bit):
 
 * ``eps_pair(z, logsnr, labels) -> EpsPair(eps_x, eps_renoise)``: the ε̂ that defines the data prediction to
@@ -48,8 +48,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from cfgdiff.contract import EpsFn, null_labels
-from cfgdiff.schedule import alpha_sigma
+from cfgdiff.core.contract import EpsFn, null_labels
+from cfgdiff.core.schedule import alpha_sigma
 
 WeightSchedule = Callable[[float], float]
 GuidanceWeight = float | WeightSchedule

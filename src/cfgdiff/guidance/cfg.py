@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance.base import GuidanceWeight, GuidedEpsFn, combine_cfg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance.base import EpsPair, GuidanceWeight, GuidedEpsFn, eval_cond_uncond
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance.base import (
     GuidanceWeight,
     _row_logsnr,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance.apg import RECOMMENDED_BETA, RECOMMENDED_ETA, RECOMMENDED_R, apg
 from cfgdiff.guidance.autoguidance import autoguidance
 from cfgdiff.guidance.base import GuidanceWeight, GuideFn

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance.base import (
     TINY,
     GuidanceWeight,

@@ -34,6 +34,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 SIZES = ("small", "base", "large")
 FAMILIES = ("8x8", "28x28", "32x32", "64x64", "vector")
 
@@ -176,3 +178,21 @@ def preset_table(num_classes: int = 10) -> list[dict[str, Any]]:
                          "params": count_parameters(preset["model"], shape, num_classes),
                          "cpu_default": default_size(shape, "cpu") == size, **preset})
     return rows
+
+
+DEFAULT_SAMPLING_CHUNK = 64  # rows per sampling chunk outside the 8x8 family on a CPU (cfgdiff.sampling.generate)
+
+
+def default_chunk(data_shape: Sequence[int], device: str | torch.device = "cpu") -> int:
+    """Rows per sampling chunk when the user gives none (``--batch-size`` of ``sample`` and ``eval``).
+
+    Measured on the 2-core reference CPU (reports/training_benchmark.md, section 4; guided sampling, images/s by
+    chunk at torch's default 2 threads and at 1 thread): the 8x8 digits network is fastest at 256 rows (1.37x
+    chunk 64 at 2 threads, 1.02x at 1 thread), the 28x28 network at 64 rows (chunk 256: 0.58x), because a larger
+    image's activations stop fitting the caches. So on a CPU: 256 rows for the presets' 8x8 family (shorter
+    side at most 12 pixels) and for vectors, else 64. On an accelerator, where a bigger batch keeps the device
+    busy: 256 rows (not measured in that report; choose ``--batch-size`` by memory there).
+    """
+    if torch.device(device).type != "cpu":
+        return 256
+    return 256 if family_of(data_shape) in ("8x8", "vector") else DEFAULT_SAMPLING_CHUNK

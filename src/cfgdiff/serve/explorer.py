@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfgdiff.contract import CountingEpsFn, EpsFn
-from cfgdiff.generate import generate_samples
+from cfgdiff.core.contract import CountingEpsFn, EpsFn
 from cfgdiff.guidance import guidance_interval_sigma
-from cfgdiff.samplers import SAMPLERS
+from cfgdiff.sampling.generate import generate_samples
+from cfgdiff.sampling.solvers import SAMPLERS
 from cfgdiff.serve.images import data_uri, grid_png, scatter_png
 from cfgdiff.serve.methods import Method, explorer_methods
 

@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 PAD = 1  # pixels of border between and around the images
-PAD_VALUE = 217  # border grey (0.85 of white), as cfgdiff.plotting's grids
+PAD_VALUE = 217  # border grey (0.85 of white), as cfgdiff.evaluation.plotting's grids
 SCATTER_SIZE = 360  # pixels of the square scatter image
 SCATTER_RADIUS = 2  # point radius in pixels
-# tab10 reordered as cfgdiff.plotting.CLASS_COLORS (blue, red, green first); kept here so serving needs no matplotlib
+# tab10 reordered as cfgdiff.evaluation.plotting.CLASS_COLORS (blue, red, green first); kept here so serving needs
+# no matplotlib
 CLASS_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf")
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cfgdiff.contract import EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.guidance import GuidanceWeight, cfg
 
 Build = Callable[..., EpsFn]  # build(eps_fn, w, params, *, x_bound) -> eps_fn

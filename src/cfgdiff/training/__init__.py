@@ -21,6 +21,7 @@ A new kind of network trains with::
     fit(trainer, run_dir, layout=RunLayout(checkpoint="mine.safetensors", ...), resume=..., overwrite=...)
 """
 
+from cfgdiff.runtime.distributed import DistContext, init_distributed
 from cfgdiff.training.batches import BatchStream, derive_seed
 from cfgdiff.training.config import (
     DATA_DEFAULTS,
@@ -34,7 +35,6 @@ from cfgdiff.training.config import (
     resume_config,
 )
 from cfgdiff.training.denoiser import DIFFUSION_KIND, diffusion_trainer, load_model, make_model, train
-from cfgdiff.training.distributed import DistContext, init_distributed
 from cfgdiff.training.loop import RunPlan, fit, save_run_checkpoint, train_or_resume
 from cfgdiff.training.losses import Batch, DiffusionLoss, LossFn, NoisyClassifierLoss, classifier_loss, drop_labels
 from cfgdiff.training.rundir import (

@@ -3,7 +3,7 @@ per-data-set defaults, and what ``--resume`` may change.
 
 ``LoopConfig`` holds what every network's training shares (optimizer, schedule, EMA, checkpoints, batches,
 distribution, precision); a kind of network extends it with what its loss and its model need (``TrainConfig``
-for the diffusion model, ``cfgdiff.classifier.ClassifierConfig`` for the noisy classifier). ``batch_size`` is
+for the diffusion model, ``cfgdiff.training.classifier.ClassifierConfig`` for the noisy classifier). ``batch_size`` is
 the GLOBAL batch: the examples of one optimizer step, summed over all processes and accumulation steps.
 """
 
@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.models.presets import preset_for
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN
 
 LOADERS = ("auto", "memory", "streaming")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from cfgdiff.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from cfgdiff.data import Dataset, load_dataset
 from cfgdiff.models import build_model
+from cfgdiff.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from cfgdiff.runtime.distributed import DistContext
 from cfgdiff.training.config import RESUME_FIXED, TrainConfig, data_spec_of
-from cfgdiff.training.distributed import DistContext
 from cfgdiff.training.loop import RunPlan, StepHook, train_or_resume
 from cfgdiff.training.losses import DiffusionLoss
 from cfgdiff.training.rundir import CHECKPOINT_FILE, DIFFUSION_LAYOUT

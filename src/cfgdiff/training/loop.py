@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cfgdiff.checkpoint import atomic_write_text, pause_point
+from cfgdiff.runtime.checkpoint import atomic_write_text, pause_point
+from cfgdiff.runtime.distributed import DistContext, init_distributed
 from cfgdiff.training.config import RESUME_FIXED, RESUME_MAY_CHANGE, LoopConfig, apply_resume_changes
-from cfgdiff.training.distributed import DistContext, init_distributed
 from cfgdiff.training.logs import RunLog, require_tensorboard
 from cfgdiff.training.rundir import (
     DIFFUSION_LAYOUT,

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfgdiff.diffusion import diffuse, loss_eps_mse
-from cfgdiff.schedule import LOGSNR_MAX, LOGSNR_MIN, sample_logsnr
+from cfgdiff.core.diffusion import diffuse, loss_eps_mse
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, sample_logsnr
 
 
 @dataclass(frozen=True)

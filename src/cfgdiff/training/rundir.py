@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cfgdiff.checkpoint import (
+from cfgdiff.runtime.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_text,

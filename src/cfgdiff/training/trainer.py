@@ -32,16 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from cfgdiff.checkpoint import (
+from cfgdiff.runtime.checkpoint import (
     atomic_write_bytes,
     checkpoint_bytes,
     load_checkpoint,
     load_optimizer_tensors,
     optimizer_tensors,
 )
+from cfgdiff.runtime.distributed import DistContext, all_gather_bytes, all_reduce_sum, local_device
 from cfgdiff.training.batches import BatchStream, derive_seed
 from cfgdiff.training.config import LoopConfig
-from cfgdiff.training.distributed import DistContext, all_gather_bytes, all_reduce_sum, local_device
 from cfgdiff.training.losses import Batch, LossFn
 
 

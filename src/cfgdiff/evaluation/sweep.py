@@ -1,0 +1,424 @@
+"""Guidance sweeps: sample at each w, score the samples, and write the table, the plots and one grid per w.
+
+``run_sweep`` is the loop behind ``cfgdiff eval``. For every guidance weight w (the paper's convention,
+ε̃ = (1 + w) ε(z, c) - w ε(z) for classifier-free guidance, ε̃ = ε(z, c) - w σ ∇ log p_φ(c | z) for classifier
+guidance) it draws ``n`` samples with class-balanced labels (label of sample i = i mod K) in chunks of
+``batch_size`` rows, with the samplers and per-sample seeds of ``cfgdiff.sampling.generate.generate_samples`` (the same
+samples as ``cfgdiff sample`` with that seed),
+hands each chunk to a *scorer* right away (``cfgdiff.evaluation.metrics.scorers``; memory does not grow with n
+beyond the D-dim features), and scores the set against the real data. Images (``ImageScorer``):
+
+    FID = ||μ_g - μ_r||² + Tr(Σ_g + Σ_r - 2 (Σ_g Σ_r)^{1/2}),   IS = exp(E KL(p(y|x) || p(y)))
+
+against the training split (``fid``) and the held-out test split (``fid_test``), each ± its bootstrap spread
+(``fid_std``, ``fid_test_std``), IS ± std over 10 splits, and ``memorised``, the share of near-copies of
+training images; the floors at the same N are in ``meta``. 2-D points (``VectorScorer``): the sliced Wasserstein
+distance to held-out points and the exact guided log-density. Fields a kind of data does not have are None.
+
+Every w starts from the same seed, so the rows share their initial noise (common random numbers): differences
+between rows come from w, not from the draw. Network evaluations are counted, not assumed: ``nfe_per_sample``
+is denoiser rows per sample (2 per guided classifier-free step, 1 per unguided step), and
+``classifier_evals_per_sample`` counts classifier forward+backward passes (classifier guidance only).
+
+Under torchrun (``dist``), the ranks split the chunks of every w and rank 0 scores the gathered samples, once:
+the result is the one-process result (``cfgdiff.sampling.sharded``); the other ranks get an empty result.
+
+This module prints nothing and parses nothing; the CLI owns both.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cfgdiff.core.contract import CountingEpsFn, EpsFn
+from cfgdiff.core.toy import GaussianMixture
+from cfgdiff.evaluation.features import FeatureExtractor
+from cfgdiff.evaluation.metrics import ImageScorer, ReferenceStats, SampleScorer
+from cfgdiff.guidance import GuidanceWeight, LogProbFn, classifier_guidance, guidance_method, make_guide
+from cfgdiff.runtime.distributed import DistContext
+from cfgdiff.sampling.sharded import iter_samples_sharded, sum_over_ranks
+
+GuideFn = Callable[[EpsFn, GuidanceWeight], EpsFn]
+
+
+class CountingLogProbFn:
+    """Wraps a classifier's log_prob_fn and counts the rows it is evaluated on (each is a forward + backward)."""
+
+    def __init__(self, log_prob_fn: LogProbFn) -> None:
+        self.log_prob_fn = log_prob_fn
+        self.rows = 0
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.rows += z.shape[0]
+        return self.log_prob_fn(z, logsnr, labels)
+
+
+def classifier_guide(log_prob_fn: LogProbFn) -> GuideFn:
+    """A ``guide`` for ``generate_samples``: classifier guidance ε - w σ ∇ log p(c | z) with this classifier."""
+
+    def guide(eps_fn: EpsFn, w: GuidanceWeight) -> EpsFn:
+        return classifier_guidance(eps_fn, log_prob_fn, w)
+
+    return guide
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """Labels i mod K for i < n: every chunk of K consecutive samples holds each class once."""
+    return torch.arange(n, dtype=torch.long) % num_classes
+
+
+@dataclass
+class SweepRow:
+    """One row of the table: the metrics at one w and how they were obtained."""
+
+    w: float
+    fid: float | None  # FID against the training split's statistics (None for vector data)
+    inception_score: float | None
+    inception_score_std: float | None  # std over the 10 splits of the IS
+    n: int
+    steps: int
+    sampler: str
+    seed: int
+    guidance: str
+    nfe_per_sample: float  # denoiser network evaluations (rows) per sample
+    classifier_evals_per_sample: float  # classifier forward+backward passes per sample
+    seconds_per_sample: float  # sampling wall time per sample (feature extraction excluded)
+    # fields added with the held-out evaluation (None where not measured; old results.json rows lack them)
+    fid_std: float | None = None  # bootstrap std of ``fid`` over resamples of the n samples (B in meta)
+    fid_test: float | None = None  # FID against the held-out test split's statistics
+    fid_test_std: float | None = None  # bootstrap std of ``fid_test``
+    fid_delta: float | None = None  # fid - fid of the sweep's first row (None on that row)
+    fid_delta_std: float | None = None  # paired bootstrap std of ``fid_delta``: is the difference beyond noise?
+    memorised: float | None = None  # share of samples that are near-copies of a training image (0..1)
+    sliced_wasserstein: float | None = None  # vector data: SW_2 to held-out points, both class-balanced
+    sliced_wasserstein_std: float | None = None  # bootstrap std of ``sliced_wasserstein``
+    sliced_wasserstein_per_class: list[float | None] | None = None  # SW_2 per class
+    log_density: float | None = None  # 2-D testbed: mean log p̃_w(x | c) under the exact guided target
+    log_density_std: float | None = None  # its standard error
+    log_density_target: float | None = None  # -H(p̃_w): what a perfect sampler of p̃_w scores
+
+
+@dataclass
+class SweepResult:
+    rows: list[SweepRow]
+    grids: dict[float, np.ndarray]  # w -> [K, n_grid, C, H, W] (image data only)
+    meta: dict[str, Any] = field(default_factory=dict)
+    points: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # vector data: w -> (x, labels)
+
+
+def run_sweep(
+    eps_fn: EpsFn,
+    ws: Sequence[float],
+    *,
+    n: int,
+    steps: int,
+    extractor: FeatureExtractor | None = None,
+    reference: ReferenceStats | None = None,
+    scorer: SampleScorer | None = None,
+    sampler: str = "ancestral",
+    seed: int = 0,
+    batch_size: int = 256,
+    guidance: str = "cfg",
+    log_prob_fn: LogProbFn | None = None,
+    guidance_params: Mapping[str, Any] | None = None,
+    grid_per_class: int = 8,
+    device: torch.device | str = "cpu",
+    on_chunk: Callable[[int], None] | None = None,
+    weight_schedule: Callable[[float], GuidanceWeight] | None = None,
+    dist: DistContext | None = None,
+    **sampler_kwargs: Any,
+) -> SweepResult:
+    """The metrics of ``n`` samples at each w (see the module docstring). ``scorer`` measures them (default:
+    ``ImageScorer(extractor, reference)``, FID against ``reference`` and IS). ``guidance``: a method of
+    ``cfgdiff.guidance.GUIDANCE_METHODS`` ("cfg", "rescale", "apg", ..., "classifier") with its keyword
+    arguments in ``guidance_params``; classifier guidance needs ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels
+    | z_λ) (here or in the params), autoguidance its ``guide`` network, whose rows count in ``nfe_per_sample`` too.
+    ``weight_schedule(w)`` turns each row's w into the weight passed to the guidance (e.g. a guidance interval
+    around w). ``dist``: this process's place in a torchrun group; the ranks split the samples, rank 0 scores all of
+    them and returns the one-process result, the other ranks return an empty ``SweepResult`` (no rows) and need
+    no scorer."""
+    if n < 2:
+        raise ValueError(f"need n >= 2 samples for a covariance, got {n}")
+    main = dist is None or dist.is_main  # the process that scores (every process when not distributed)
+    if scorer is None and main:
+        if extractor is None or reference is None:
+            raise ValueError("run_sweep needs a scorer, or a feature extractor and reference statistics")
+        scorer = ImageScorer(extractor, reference)
+    method = guidance_method(guidance)  # any of cfgdiff.guidance.GUIDANCE_METHODS
+    params = dict(guidance_params or {})
+    if guidance == "classifier":
+        log_prob_fn = log_prob_fn if log_prob_fn is not None else params.get("log_prob_fn")
+        if log_prob_fn is None:
+            raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
+    num_classes = int(eps_fn.num_classes)
+    labels = balanced_labels(n, num_classes)
+    counting = CountingEpsFn(eps_fn)
+    counting_cls = CountingLogProbFn(log_prob_fn) if guidance == "classifier" else None
+    if counting_cls is not None:
+        params["log_prob_fn"] = counting_cls
+    counting_extra = [CountingEpsFn(params[name]) for name in method.networks]  # e.g. autoguidance's guide network
+    params.update(zip(method.networks, counting_extra, strict=True))
+    guide = make_guide(guidance, **params)
+    rows: list[SweepRow] = []
+    grids: dict[float, np.ndarray] = {}
+    points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    for w in ws:
+        counting.reset()
+        for extra in counting_extra:
+            extra.reset()
+        if counting_cls is not None:
+            counting_cls.rows = 0
+        acc = scorer.new_set() if main else None
+        per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+        seconds = 0.0
+        offset = 0
+        t_start = time.perf_counter()
+        weight = weight_schedule(float(w)) if weight_schedule is not None else float(w)
+        for x in iter_samples_sharded(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
+                                      batch_size=batch_size, guide=guide, device=device, dist=dist,
+                                      **sampler_kwargs):  # other ranks: nothing (their chunks go to rank 0)
+            seconds += time.perf_counter() - t_start
+            acc.add(x, labels[offset:offset + x.shape[0]])
+            for i, c in enumerate(labels[offset:offset + x.shape[0]].tolist()):
+                if x.ndim == 4 and len(per_class[c]) < grid_per_class:  # grids of images only
+                    per_class[c].append(x[i].numpy())
+            offset += x.shape[0]
+            if on_chunk is not None:
+                on_chunk(x.shape[0])
+            t_start = time.perf_counter()
+        denoiser_rows = sum_over_ranks(counting.rows + sum(extra.rows for extra in counting_extra), dist)
+        classifier_rows = sum_over_ranks(counting_cls.rows if counting_cls is not None else 0, dist)
+        if not main:
+            continue
+        scores = acc.finish(float(w))
+        if hasattr(acc, "points"):
+            points[float(w)] = acc.points
+        rows.append(SweepRow(
+            w=float(w), **scores, n=n, steps=steps,
+            sampler=sampler, seed=seed, guidance=guidance,
+            nfe_per_sample=denoiser_rows / n,
+            classifier_evals_per_sample=(classifier_rows / n) if counting_cls is not None else 0.0,
+            seconds_per_sample=seconds / n,
+        ))
+        filled = min(len(v) for v in per_class)
+        if filled > 0:
+            grids[float(w)] = np.stack([np.stack(v[:filled]) for v in per_class])  # [K, n_grid, C, H, W]
+    return SweepResult(rows, grids, scorer.meta(n) if main else {}, points)
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def _fmt_w(w: float) -> str:
+    return f"{w:g}"
+
+
+def _pm(value: float | None, std: float | None, digits: int = 3) -> str:
+    """"value ± std" (or "value", or "–" when not measured)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and math.isfinite(std) else "")
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None else f"{100.0 * share:.1f} %"
+
+
+def _sweep_kind(result: SweepResult) -> str:
+    return str(result.meta.get("kind", "images"))
+
+
+def markdown_table(result: SweepResult) -> str:
+    """The sweep as a Markdown table, with the metric names, the sample count N and the references spelled out,
+    each metric ± its spread, and a last row "real (floor)": real data of the same N scored the same way."""
+    meta, rows = result.meta, result.rows
+    n = rows[0].n
+    tail_head = "n | steps | sampler | seed | guidance | NFE / sample | classifier fwd+bwd / sample | s / sample |"
+
+    def tail(r: SweepRow) -> str:
+        return (f"{r.n} | {r.steps} | {r.sampler} | {r.seed} | {r.guidance} | {r.nfe_per_sample:g} | "
+                f"{r.classifier_evals_per_sample:g} | {r.seconds_per_sample:.4f} |")
+
+    if _sweep_kind(result) == "vectors":
+        k = len(rows[0].sliced_wasserstein_per_class or [])
+        head = (f"| w | SW_2 to held-out, N = {n} | SW_2 per class | mean log p̃_w(x\\|c) | -H(p̃_w) (exact "
+                f"sampler) | {tail_head}")
+        lines = [head, "|" + "---|" * 13]
+        best = min(r.sliced_wasserstein for r in rows)
+        for r in rows:
+            sw = _pm(r.sliced_wasserstein, r.sliced_wasserstein_std)
+            per_class = " / ".join("–" if v is None else f"{v:.3f}" for v in (r.sliced_wasserstein_per_class or []))
+            lines.append(f"| {_fmt_w(r.w)} | {f'**{sw}**' if r.sliced_wasserstein == best else sw} | {per_class} | "
+                         f"{_pm(r.log_density, r.log_density_std)} | {_pm(r.log_density_target, None)} | {tail(r)}")
+        if meta.get("sw_floor") is not None:
+            floors = " / ".join(f"{v:.3f}" for v in meta.get("sw_floor_per_class", [])[:k])
+            lines.append(f"| real (floor) | {_pm(meta['sw_floor'], meta.get('sw_floor_std'))} | {floors} | – | – | "
+                         f"{n} | | | | | | | |")
+        return "\n".join(lines) + "\n"
+
+    fid_name, is_name = meta["fid_name"], meta["is_name"]
+    base = meta.get("fid_delta_baseline_w")
+    delta_head = f"Δ vs w = {_fmt_w(base)} (paired)" if base is not None else "Δ (paired)"
+    head = (f"| w | {fid_name}, N = {n} vs training split | {delta_head} | {fid_name}, N = {n} vs test split | "
+            f"{is_name} | near-copies of training images | {tail_head}")
+    lines = [head, "|" + "---|" * 14]
+    best = min(r.fid for r in rows)
+    for r in rows:
+        fid = _pm(r.fid, r.fid_std)
+        fid = f"**{fid}**" if r.fid == best else fid
+        delta = "–" if r.fid_delta is None else f"{r.fid_delta:+.3f}" + (
+            f" ± {r.fid_delta_std:.3f}" if r.fid_delta_std is not None else "")
+        lines.append(f"| {_fmt_w(r.w)} | {fid} | {delta} | {_pm(r.fid_test, r.fid_test_std)} | "
+                     f"{_pm(r.inception_score, r.inception_score_std)} | {_percent(r.memorised)} | {tail(r)}")
+    if meta.get("fid_floor") is not None:
+        copies = _percent(meta.get("memorisation_test_share"))
+        lines.append(f"| real (floor) | {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
+                     f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} | "
+                     f"{_pm(meta.get('test_is'), None)} | {copies} | {n} | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _header_notes(result: SweepResult) -> list[str]:
+    """The lines under the title that say what the table's metrics are measured against."""
+    meta, n = result.meta, result.rows[0].n
+    if _sweep_kind(result) == "vectors":
+        lines = [f"- SW_2: sliced Wasserstein distance (p = 2, {meta.get('sw_projections')} seeded directions) of the "
+                 f"{n} samples to the {meta.get('held_out_count')} held-out points, both class-balanced; ± is the "
+                 f"bootstrap std over {meta.get('sw_bootstrap')} resamples of the samples"]
+        if meta.get("sw_floor") is not None:
+            lines.append(f"- floor: {meta['sw_floor_definition']}: "
+                         f"SW_2 = {_pm(meta['sw_floor'], meta.get('sw_floor_std'))}")
+        if meta.get("log_density_name"):
+            lines.append("- mean log p̃_w(x|c): the samples' mean log-density under the exact guided target "
+                         "p(x|c) p(c|x)^w / Z_c(w) (normalised on a grid), ± its standard error; an exact sampler of "
+                         "p̃_w scores -H(p̃_w); higher is not better beyond that (samples piled on the modes score "
+                         "above it)")
+        return lines
+    fid_name, is_name = meta["fid_name"], meta["is_name"]
+    lines = [f"- {fid_name} of the N = {n} samples against the statistics of the {meta['reference_count']} training "
+             f"images and of the {meta.get('test_count', '?')} held-out test images; ± is the bootstrap std over "
+             f"{meta.get('fid_bootstrap')} resamples of the samples (the spread of FID over redraws of N samples); "
+             "Δ is the difference to the first row, ± its paired bootstrap std (both rows resampled alike: sample "
+             "i starts from the same noise at every w), so |Δ| above about 2 of its std is beyond noise"]
+    if meta.get("fid_floor") is not None:
+        lines.append(f"- floor vs training split: {meta['fid_floor_definition']} = "
+                     f"{_pm(meta['fid_floor'], meta.get('fid_floor_std'))}")
+    if meta.get("fid_test_floor") is not None:
+        lines.append(f"- floor vs test split: {meta['fid_test_floor_definition']} = "
+                     f"{_pm(meta['fid_test_floor'], meta.get('fid_test_floor_std'))}")
+    if meta.get("fid_floor_whole_test") is not None:
+        lines.append(f"- for reference, the whole test split ({meta['fid_floor_whole_test_count']} images) against "
+                     f"the training split: {meta['fid_floor_whole_test']:.3f} (not at N = {n}: do not compare)")
+    if meta.get("memorisation_threshold") is not None:
+        lines.append(f"- near-copies: samples whose nearest training image (L2 in pixels, x in [-1, 1]) is closer "
+                     f"than {meta['memorisation_threshold']:.4g}, the distance that 99 % of the "
+                     f"{meta['memorisation_test_count']} held-out test images exceed "
+                     f"({_percent(meta['memorisation_test_share'])} of them are below it)")
+    lines.append(f"- real data: {is_name} of the training images = {meta['reference_is']:.3f}"
+                 + (f", of the test images = {meta['test_is']:.3f}" if meta.get("test_is") is not None else ""))
+    return lines
+
+
+def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *, title: str,
+                class_names: Sequence[str] | None = None, header_lines: Sequence[str] = (),
+                mixture: GaussianMixture | None = None) -> dict[str, Path]:
+    """Write results.csv/.md/.json, tradeoff.png, metrics_vs_w.png, grids/w_{w}.png, grids_all.png (all w) and
+    report.html (``cfgdiff.evaluation.report``: all of it on one self-contained page). Vector data: no grids; with the
+    exact ``mixture``, samples.png (exact guided densities above the samples, one column per w)."""
+    from cfgdiff.evaluation.plotting import metrics_vs_w_plot, save_sample_grid, tradeoff_plot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    vectors = _sweep_kind(result) == "vectors"
+
+    paths["csv"] = out / "results.csv"
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(result.rows[0])))
+        writer.writeheader()
+        for r in result.rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in asdict(r).items()})
+
+    paths["md"] = out / "results.md"
+    lines = [f"# {title}", "", *header_lines, *_header_notes(result), "", markdown_table(result)]
+    paths["md"].write_text("\n".join(lines))
+    paths["json"] = out / "results.json"
+    paths["json"].write_text(json.dumps(_finite_or_none({"title": title, "meta": result.meta,
+                                                         "rows": [asdict(r) for r in result.rows]}),
+                                        indent=2) + "\n")
+
+    def nan_if_none(values: Sequence[float | None]) -> list[float]:
+        return [math.nan if v is None else float(v) for v in values]
+
+    ws = [r.w for r in result.rows]
+    if vectors:
+        fid_name, is_name = "SW_2 to held-out points", "mean log p̃_w(x|c)"
+        floor = result.meta.get("sw_floor")
+        curve = {title: (ws, nan_if_none([r.sliced_wasserstein for r in result.rows]),
+                         nan_if_none([r.log_density for r in result.rows]))}
+    else:
+        fid_name = f"{result.meta['fid_name']}\nN = {result.rows[0].n} vs training split"
+        is_name = result.meta["is_name"]
+        floor = result.meta.get("fid_floor")
+        curve = {title: (ws, nan_if_none([r.fid for r in result.rows]),
+                         nan_if_none([r.inception_score for r in result.rows]))}
+    paths["tradeoff"] = out / "tradeoff.png"
+    tradeoff_plot(curve, paths["tradeoff"], fid_label=fid_name, is_label=is_name, fid_floor=floor)
+    paths["vs_w"] = out / "metrics_vs_w.png"
+    metrics_vs_w_plot(curve, paths["vs_w"], fid_label=fid_name, is_label=is_name, fid_floor=floor)
+    if result.points and mixture is not None:
+        from cfgdiff.evaluation.plotting import toy_guidance_figure
+
+        paths["samples"] = out / "samples.png"
+        toy_guidance_figure(mixture, ws, result.points, paths["samples"])
+    if result.grids:
+        paths["grids_all"] = out / "grids_all.png"
+        save_sample_grid(result.grids, paths["grids_all"], class_names=class_names,
+                         title=f"{title}: {result.rows[0].steps} steps, one panel per w")
+    for w, grid in result.grids.items():
+        name = f"w_{_fmt_w(w)}.png"
+        paths[f"grid_{_fmt_w(w)}"] = out / "grids" / name
+        save_sample_grid({w: grid}, out / "grids" / name, class_names=class_names,
+                         title=f"{result.rows[0].guidance} guidance, {result.rows[0].steps} steps")
+    from cfgdiff.evaluation.report import REPORT_FILE, write_report  # the page reads back what was just written
+
+    paths["report"] = write_report([out], out / REPORT_FILE)
+    return paths
+
+
+def load_sweep(path: str | os.PathLike) -> tuple[str, dict[str, Any], list[SweepRow]]:
+    """Read back a ``results.json``: (title, meta, rows)."""
+    data = json.loads(Path(path).read_text())
+    return data["title"], data["meta"], [SweepRow(**r) for r in data["rows"]]
+
+
+def best_row(rows: Sequence[SweepRow]) -> SweepRow:
+    """The row with the lowest FID (vector data: the lowest sliced Wasserstein distance)."""
+
+    def key(r: SweepRow) -> float:
+        value = r.fid if r.fid is not None else r.sliced_wasserstein
+        return value if value is not None and math.isfinite(value) else float("inf")
+
+    return min(rows, key=key)

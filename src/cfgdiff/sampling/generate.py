@@ -1,0 +1,218 @@
+"""Many guided samples in chunks: the loop shared by ``cfgdiff sample``, evaluation and the benchmark.
+
+``generate_samples`` runs a sampler from ``cfgdiff.sampling.solvers.SAMPLERS`` under a guidance wrapper over chunks of
+``batch_size`` rows, so memory does not grow with the number of samples. Only this module and the CLI know
+about chunks; the samplers see one batch.
+
+Same seed, same samples, whatever the chunk size: sample i draws its initial noise and every later noise from
+its own ``torch.Generator`` seeded with ``sample_seed(seed, i)`` (a SplitMix64 hash of the pair), and the
+samplers keep rows apart, so a sample never depends on which other samples share its chunk. (Bit for bit with
+networks whose rows are independent and whose kernels do not change with the batch size; a CPU or GPU
+convolution may choose another algorithm for another batch size, which changes the last bits only.)
+
+Network options (``prepare_eps_fn``): bf16 autocast and channels_last for convolutional networks on CUDA, and
+an optional ``torch.compile`` of the network. The guidance and the sampler arithmetic stay in ``dtype``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from cfgdiff.core.contract import EpsFn, check_labels
+from cfgdiff.guidance import GuidanceWeight, cfg
+from cfgdiff.sampling.solvers import SAMPLERS
+
+# Rows per chunk. From benchmarks/sampling.py on 2 CPU cores (reports/sampling_benchmark.md): guided per-image
+# time on digits falls steeply up to 64 rows per chunk (10x dearer at 1, 1.5x at 16) and is flat within the
+# measurement noise from 64 to 256, while memory keeps growing with the chunk; on a GPU pass a larger one.
+DEFAULT_BATCH_SIZE = 64
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    """SplitMix64's output function (Steele et al. 2014): a bijective 64-bit mix."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s own noise stream under the run seed ``seed``: a 64-bit hash of the pair."""
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64))
+
+
+def sample_generators(
+    seed: int, start: int, stop: int, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
+    """One ``torch.Generator`` per sample i in [start, stop), seeded with ``sample_seed(seed, i)``."""
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in range(start, stop)]
+
+
+def _run_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    """The run's seed: ``seed`` itself, else one 63-bit draw from ``generator`` (or torch's global generator)."""
+    if seed is not None:
+        return int(seed)
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+
+
+class PreparedEpsFn:
+    """An eps_fn that runs the network with the chosen options and returns ε̂ in z's dtype.
+
+    ``autocast``: the forward pass under ``torch.autocast(device, bfloat16)``; ``channels_last``: images
+    ([B, C, H, W]) in channels_last memory format (the module's weights are converted once, in place).
+    """
+
+    def __init__(self, eps_fn: EpsFn, network: Callable[..., torch.Tensor], *, device_type: str,
+                 autocast: bool, channels_last: bool) -> None:
+        self.eps_fn = eps_fn
+        self.network = network
+        self.num_classes = eps_fn.num_classes
+        self.device_type = device_type
+        self.autocast = autocast
+        self.channels_last = channels_last
+        if hasattr(eps_fn, "data_shape"):
+            self.data_shape = eps_fn.data_shape
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        z_in = z.contiguous(memory_format=torch.channels_last) if self.channels_last and z.ndim == 4 else z
+        if self.autocast:
+            with torch.autocast(self.device_type, dtype=torch.bfloat16):
+                eps = self.network(z_in, logsnr, labels)
+        else:
+            eps = self.network(z_in, logsnr, labels)
+        return eps.to(z.dtype)
+
+
+def prepare_eps_fn(
+    eps_fn: EpsFn,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
+    channels_last: bool = False,
+    compile_network: bool | str = False,
+) -> EpsFn:
+    """``eps_fn`` itself when no option is set, else a ``PreparedEpsFn`` around it.
+
+    ``compile_network``: True for ``torch.compile(eps_fn)`` with the default backend, or a backend name
+    (e.g. "eager" to check the plumbing without a C++ compiler); needs an ``nn.Module``.
+    """
+    if not (autocast or channels_last or compile_network):
+        return eps_fn
+    network: Callable[..., torch.Tensor] = eps_fn
+    if channels_last:
+        if not isinstance(eps_fn, torch.nn.Module):
+            raise ValueError("channels_last needs an nn.Module network")
+        eps_fn.to(memory_format=torch.channels_last)
+    if compile_network:
+        if not isinstance(eps_fn, torch.nn.Module):
+            raise ValueError("compile_network needs an nn.Module network")
+        backend = compile_network if isinstance(compile_network, str) else "inductor"
+        network = torch.compile(eps_fn, backend=backend)
+    return PreparedEpsFn(eps_fn, network, device_type=torch.device(device).type, autocast=autocast,
+                         channels_last=channels_last)
+
+
+def _data_shape(eps_fn: Any) -> tuple[int, ...]:
+    """``data_shape`` of the eps_fn, or of the one it wraps (``CountingEpsFn``, guidance wrappers)."""
+    while eps_fn is not None:
+        if hasattr(eps_fn, "data_shape"):
+            return tuple(eps_fn.data_shape)
+        eps_fn = getattr(eps_fn, "eps_fn", None)
+    raise ValueError("the eps_fn has no data_shape; pass data_shape=")
+
+
+def iter_samples(
+    eps_fn: EpsFn,
+    labels: torch.Tensor,
+    *,
+    w: GuidanceWeight = 0.0,
+    sampler: str = "ancestral",
+    steps: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    data_shape: tuple[int, ...] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    guide: Callable[[EpsFn, GuidanceWeight], EpsFn] = cfg,
+    autocast: bool = False,
+    channels_last: bool = False,
+    compile_network: bool | str = False,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    **sampler_kwargs: Any,
+) -> Iterator[torch.Tensor]:
+    """Samples for ``labels`` chunk by chunk: yields [<= batch_size, *data_shape] on the CPU, one chunk held at
+    a time; the chunks concatenated are the same for any ``batch_size``.
+
+    ``guide(eps_fn, w)`` wraps the denoiser (classifier-free guidance by default, w in the paper's convention,
+    a number or a schedule λ -> w such as ``guidance_interval``; any method by name:
+    ``cfgdiff.guidance.make_guide("apg", eta=0.0)``; stateful methods get fresh state in every chunk);
+    ``sampler_kwargs`` go to the sampler (``v_interp``, ``clip_x``, ``grid``, ``eta``, ...). Randomness:
+    sample i uses its own stream seeded with ``sample_seed(seed, i)``; without ``seed``, the run seed is one draw
+    from ``generator`` (or from torch's global generator). ``autocast``, ``channels_last`` and
+    ``compile_network`` go to ``prepare_eps_fn``.
+    To count network evaluations, pass a ``cfgdiff.core.contract.CountingEpsFn``. ``decode(x)`` maps each chunk before
+    it is yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
+
+    ``shard = (rank, world_size)``: run only the chunks j ≡ rank (mod world_size) of the schedule above (chunk j
+    holds samples [j·batch_size, (j+1)·batch_size)), each with the very rows and noise streams it has in one
+    process; ``cfgdiff.sampling.sharded`` gathers them back into the one-process order. Needs ``seed``
+    when world_size > 1 (every rank must derive the same run seed).
+    """
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    if world_size > 1 and seed is None:
+        raise ValueError("sharded sampling needs a seed: every rank must derive the same per-sample noise streams")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    check_labels(labels, eps_fn.num_classes, allow_null=True)
+    data_shape = tuple(data_shape if data_shape is not None else _data_shape(eps_fn))
+    sample_fn = SAMPLERS[sampler]
+    run_seed = _run_seed(seed, generator)
+    network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
+                             compile_network=compile_network)
+    guided = guide(network, w)
+    for start in range(rank * batch_size, labels.shape[0], world_size * batch_size):
+        chunk = labels[start:start + batch_size].to(device)
+        stop = start + chunk.shape[0]
+        x = sample_fn(guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
+                      generator=sample_generators(run_seed, start, stop, device), device=device, dtype=dtype,
+                      **sampler_kwargs)
+        if decode is not None:
+            x = decode(x)
+        yield x.to("cpu")
+
+
+def generate_samples(
+    eps_fn: EpsFn,
+    labels: torch.Tensor,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """x for every label: [N, *data_shape] on the CPU, the same for any ``batch_size``.
+
+    Takes the keyword arguments of ``iter_samples`` (w, sampler, steps, batch_size, seed, guide, ...);
+    ``on_chunk(rows)`` is called after each chunk (a progress bar).
+    """
+    out = []
+    for x in iter_samples(eps_fn, labels, **kwargs):
+        out.append(x)
+        if on_chunk is not None:
+            on_chunk(x.shape[0])
+    if out:
+        return torch.cat(out)
+    data_shape = kwargs.get("data_shape") or _data_shape(eps_fn)
+    return torch.empty(0, *data_shape)
