@@ -55,9 +55,9 @@ import torch
 
 from cfgdiff.adapters.diffusers import DiffusersEpsFn, DiffusersModel, import_diffusers, load_diffusers
 from cfgdiff.adapters.discrete import logsnr_grid_from_timesteps
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.guidance import cfg, guidance_interval_sigma
-from cfgdiff.sampling.generate import generate_samples, prepare_eps_fn
+from cfgdiff.sampling.generate import prepare_eps_fn
+from cfgdiff.sampling.pipeline import GuidedRun
 from cfgdiff.sampling.solvers import sample_ddim, sample_dpmpp_2m
 
 ALL_SECTIONS = ("train", "equality", "loops", "guidance", "gpu")
@@ -431,14 +431,14 @@ def section_guidance(args, report: list[str], models: dict[str, DiffusersModel])
             for w in args.guidance_w:
                 if w == 0 and method != "CFG":
                     continue
-                counter = CountingEpsFn(e)
+                run = GuidedRun.from_options(e, sampler="dpmpp_2m", steps=args.guidance_steps, method=method,
+                                             guide=guide, batch_size=256, data_shape=e.data_shape, clip_x=True,
+                                             logsnr_min=e.logsnr_min, logsnr_max=e.logsnr_max)
                 t0 = time.perf_counter()
-                x = generate_samples(counter, labels, w=w, sampler="dpmpp_2m", steps=args.guidance_steps,
-                                     seed=args.seed, batch_size=256, guide=guide, data_shape=e.data_shape,
-                                     clip_x=True, logsnr_min=e.logsnr_min, logsnr_max=e.logsnr_max)
+                x = run.samples(labels, w, seed=args.seed)
                 seconds = time.perf_counter() - t0
                 fid, spread, is_ = scorer.score(x)
-                nfe = counter.rows / args.fid_n
+                nfe = run.denoiser_rows() / args.fid_n
                 results[(method, w)] = (fid, nfe)
                 rows.append(f"| {name} | {method} | {w:g} | {fid:.3f} ± {spread:.3f} | {is_:.2f} | {nfe:g} | "
                             f"{seconds / args.fid_n * 1e3:.2f} |")

@@ -47,7 +47,8 @@ from cfgdiff.core.contract import null_labels
 from cfgdiff.core.schedule import logsnr_grid
 from cfgdiff.guidance import cfg, combine_cfg, guidance_interval_sigma, guided_fraction
 from cfgdiff.models import UNet
-from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, generate_samples
+from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE
+from cfgdiff.sampling.pipeline import GuidedRun
 from cfgdiff.sampling.solvers import sample_ddim
 
 ALL_SECTIONS = ("speed", "guided", "chunks", "lucidrains", "quality")  # + "lucidrains_quality", by name
@@ -92,13 +93,16 @@ class TwoCallCFG:
         return combine_cfg(eps_cond, self.eps_fn(z, logsnr, null_labels(labels, self.num_classes)), self.w)
 
 
-def timed_run(net: TimedEpsFn, labels: torch.Tensor, data_shape, *, repeats: int = 1, **kwargs) -> dict:
-    """Run generate_samples ``repeats`` times; the best wall time, its network time and NFE per image."""
+def timed_run(net: TimedEpsFn, labels: torch.Tensor, data_shape, *, w: float, seed: int, repeats: int = 1,
+              **kwargs) -> dict:
+    """Sample ``repeats`` times through one ``GuidedRun`` (``kwargs``: its options; ``guide`` a guide function of
+    the benchmark's own); the best wall time, its network time and NFE per image."""
+    run = GuidedRun.from_options(net, data_shape=data_shape, **kwargs)
     best = None
     for _ in range(repeats):
         net.reset()
         t0 = time.perf_counter()
-        x = generate_samples(net, labels, data_shape=data_shape, **kwargs)
+        x = run.samples(labels, w, seed=seed)
         wall = time.perf_counter() - t0
         if best is None or wall < best[0]:
             best = (wall, net.seconds, net.rows, x)
@@ -148,14 +152,13 @@ def section_speed(rep: Report, nets: dict, args) -> None:
 def section_guided(rep: Report, net, args) -> None:
     n, steps = args.guided_n, args.guided_steps
     sigma_lo, sigma_hi = args.interval
-    interval = guidance_interval_sigma(args.w, sigma_lo=sigma_lo, sigma_hi=sigma_hi)
     rep.text(f"## Guided vs unguided (digits, dpmpp_2m, {steps} steps, chunk {DEFAULT_BATCH_SIZE}, {n} images)")
     labels = torch.arange(n) % 10
     rows = []
-    for name, w in (("unguided (w = 0)", 0.0), (f"guided (w = {args.w})", args.w),
-                    (f"interval σ ∈ ({sigma_lo}, {sigma_hi}]", interval)):
-        r = timed_run(TimedEpsFn(net), labels, net.data_shape, w=w, sampler="dpmpp_2m", steps=steps,
-                      batch_size=DEFAULT_BATCH_SIZE, seed=0, clip_x=True, repeats=args.repeats)
+    for name, w, interval in (("unguided (w = 0)", 0.0, None), (f"guided (w = {args.w})", args.w, None),
+                              (f"interval σ ∈ ({sigma_lo}, {sigma_hi}]", args.w, (sigma_lo, sigma_hi))):
+        r = timed_run(TimedEpsFn(net), labels, net.data_shape, w=w, interval=interval, sampler="dpmpp_2m",
+                      steps=steps, batch_size=DEFAULT_BATCH_SIZE, seed=0, clip_x=True, repeats=args.repeats)
         rows.append({"mode": name, **r})
     base = rows[0]["ms_per_image"]
     for row in rows:
@@ -171,7 +174,7 @@ def section_chunks(rep: Report, net, args) -> None:
         n = max(chunk, min(args.chunk_n, 4 * chunk)) if chunk < 16 else max(chunk, args.chunk_n)
         labels = torch.arange(n) % 10
         row = {"chunk": chunk, "images": n}
-        for mode, guide in (("batched", cfg), ("two_calls", TwoCallCFG)):
+        for mode, guide in (("batched", None), ("two_calls", TwoCallCFG)):
             r = timed_run(TimedEpsFn(net), labels, net.data_shape, w=args.w, sampler="dpmpp_2m", steps=steps,
                           batch_size=chunk, seed=0, clip_x=True, guide=guide, repeats=args.repeats)
             row[f"{mode}_ms_per_image"] = r["ms_per_image"]
@@ -369,10 +372,10 @@ def section_lucidrains_quality(rep: Report, net, args) -> None:
         configs += [("dpmpp_2m", s, w) for s in args.lq_steps]
         configs += [("dpmpp_2m_sde", s, w) for s in args.lq_sde_steps]
         if w > 0:
-            configs += [("dpmpp_2m", s, guidance_interval_sigma(w, sigma_lo=sigma_lo, sigma_hi=sigma_hi))
-                        for s in args.lq_interval_steps]
+            configs += [("dpmpp_2m", s, (w, (sigma_lo, sigma_hi))) for s in args.lq_interval_steps]
         for seed in args.lq_seeds:
             for sampler, steps, weight in configs:
+                weight, interval = weight if isinstance(weight, tuple) else (weight, None)
                 if seed != args.lq_seeds[0] and not (sampler == "lucidrains" and steps in args.lq_reseed_lucidrains
                                                      or not sampler.startswith("lucidrains")):
                     continue
@@ -394,13 +397,14 @@ def section_lucidrains_quality(rep: Report, net, args) -> None:
                     name += " (unclipped)" if sampler.endswith("unclipped") else ""
                 else:
                     timed = TimedEpsFn(net)
-                    x = generate_samples(timed, labels, data_shape=shape, w=weight, sampler=sampler, steps=steps,
-                                         batch_size=chunk, seed=seed, clip_x=True)
+                    run = GuidedRun(timed, interval=interval, sampler=sampler, steps=steps, batch_size=chunk,
+                                    data_shape=shape, sampler_options={"clip_x": True})
+                    x = run.samples(labels, weight, seed=seed)
                     nfe = timed.rows / n
                     name = f"cfgdiff {sampler}"
                 wall = time.perf_counter() - t0
                 fid, isc = metric(x)
-                mode = f"interval ({sigma_lo}, {sigma_hi}]" if callable(weight) else "full"
+                mode = f"interval ({sigma_lo}, {sigma_hi}]" if interval else "full"
                 rows.append({"w": w, "seed": seed, "sampler": name, "steps": steps, "guidance": mode,
                              "nfe_per_image": nfe, "fid": fid, "is": isc, "wall_s": wall, "images_per_s": n / wall})
                 print(f"  w={w} seed={seed} {name} {steps} {mode}: FID {fid:.3g} IS {isc:.3g} ({wall:.1f} s)",
@@ -487,20 +491,20 @@ def section_quality(rep: Report, net, args) -> None:
     rows = []
     grid_lams = [float(v) for v in logsnr_grid(max(args.quality_steps), "cosine")[:-1]]
     for w in args.quality_w:
-        configs = [("ancestral", args.ancestral_steps, w)] if args.ancestral_steps > 0 else []
+        configs = [("ancestral", args.ancestral_steps, None)] if args.ancestral_steps > 0 else []
         for sampler in args.quality_samplers:
-            configs += [(sampler, s, w) for s in args.quality_steps]
+            configs += [(sampler, s, None) for s in args.quality_steps]
             if w > 0:
-                configs.append((sampler, max(args.quality_steps),
-                                guidance_interval_sigma(w, sigma_lo=sigma_lo, sigma_hi=sigma_hi)))
-        for sampler, steps, weight in configs:
+                configs.append((sampler, max(args.quality_steps), (sigma_lo, sigma_hi)))
+        for sampler, steps, interval in configs:
             timed = TimedEpsFn(net)
+            run = GuidedRun(timed, interval=interval, sampler=sampler, steps=steps, batch_size=DEFAULT_BATCH_SIZE,
+                            data_shape=net.data_shape, sampler_options={"clip_x": True})
             t0 = time.perf_counter()
-            x = generate_samples(timed, labels, data_shape=net.data_shape, w=weight, sampler=sampler, steps=steps,
-                                 batch_size=DEFAULT_BATCH_SIZE, seed=args.seed, clip_x=True)
+            x = run.samples(labels, w, seed=args.seed)
             wall = time.perf_counter() - t0
             fid, isc = metric(x)
-            mode = f"interval ({sigma_lo}, {sigma_hi}]" if callable(weight) else "full"
+            mode = f"interval ({sigma_lo}, {sigma_hi}]" if interval else "full"
             rows.append({"w": w, "sampler": sampler, "steps": steps, "guidance": mode,
                          "nfe_per_image": timed.rows / n, "fid": fid, "is": isc, "s_per_image": wall / n})
             print(f"  w={w} {sampler} {steps} {mode}: FID {fid:.3g} IS {isc:.3g} ({wall:.0f} s)", flush=True)

@@ -26,7 +26,7 @@ figure the median of ``--repeats`` repeats with its range (min – max):
   digits (8×8 base), 28×28 small and 32×32 small presets, each in a fresh process: peak resident set (VmHWM, and
   its rise over the process after imports) on a CPU, ``torch.cuda.max_memory_allocated`` on CUDA; sampling at
   N = 250, 1000, 4000 to show that it is flat in N (samples stream in chunks, as ``cfgdiff eval`` consumes them).
-* ``chunks``: images/s of guided sampling (``cfgdiff.sampling.generate.iter_samples``, the path of ``cfgdiff
+* ``chunks``: images/s of guided sampling (``cfgdiff.sampling.pipeline.GuidedRun``, the path of ``cfgdiff
   sample`` and ``eval``) at chunks of 64/128/256/512 rows, at torch's default thread count (no OMP_NUM_THREADS, as
   a user runs it) and at 1 thread, on the digits network and the 28×28 small network (random weights: the cost does
   not depend on them); on CUDA too with ``--device cuda``. The best chunk per setting is named.
@@ -396,7 +396,8 @@ def section_ddp(rep: Report, args) -> None:
 
 
 def worker_memory(spec: dict) -> dict:
-    from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, iter_samples
+    from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE
+    from cfgdiff.sampling.pipeline import GuidedRun
     from cfgdiff.training import diffusion_trainer
 
     torch.set_num_threads(spec["threads"])
@@ -415,8 +416,8 @@ def worker_memory(spec: dict) -> dict:
         net = random_network(spec["preset"], device)
         labels = torch.arange(spec["n"]) % 10
         rows = 0
-        for x in iter_samples(net, labels, w=1.0, steps=spec["steps"], seed=0, device=device,
-                              batch_size=DEFAULT_BATCH_SIZE):
+        run = GuidedRun(net, steps=spec["steps"], device=device, batch_size=DEFAULT_BATCH_SIZE)
+        for x in run.iter_samples(labels, 1.0, seed=0):
             rows += x.shape[0]  # consumed chunk by chunk, as eval's scorers do
         detail = {"n": spec["n"], "chunk": DEFAULT_BATCH_SIZE, "rows": rows}
     result = {"peak_rss_mb": rss_peak_mb(), "rss_after_imports_mb": base_rss, **detail}
@@ -455,7 +456,7 @@ def section_memory(rep: Report, args) -> None:
 
 
 def worker_chunks(spec: dict) -> dict:
-    from cfgdiff.sampling.generate import iter_samples
+    from cfgdiff.sampling.pipeline import GuidedRun
 
     if spec["threads"] is not None:
         torch.set_num_threads(spec["threads"])
@@ -465,7 +466,8 @@ def worker_chunks(spec: dict) -> dict:
 
     def run(chunk: int, n: int) -> float:
         t0 = time.perf_counter()
-        for _ in iter_samples(net, labels[:n], w=1.0, steps=spec["steps"], seed=0, device=device, batch_size=chunk):
+        for _ in GuidedRun(net, steps=spec["steps"], device=device, batch_size=chunk).iter_samples(labels[:n], 1.0,
+                                                                                                    seed=0):
             pass
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -485,7 +487,7 @@ def section_chunks(rep: Report, args) -> None:
 
     rep.text("## 4. Sampling chunk: images/s of guided sampling against the chunk size")
     rep.text("")
-    rep.text(f"cfgdiff.sampling.generate.iter_samples (guided, w = 1, ancestral, {args.chunk_steps} steps, "
+    rep.text(f"cfgdiff.sampling.pipeline.GuidedRun (guided, w = 1, ancestral, {args.chunk_steps} steps, "
              f"{args.chunk_n} images per measurement, {args.repeats} repeats interleaved over the chunk sizes); "
              f"images/s: median (min – max). Defaults today: `cfgdiff sample --batch-size` {DEFAULT_BATCH_SIZE}, "
              "`cfgdiff eval --batch-size` 250.")

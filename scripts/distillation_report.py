@@ -86,7 +86,7 @@ def _sync(device: str) -> None:
 def time_models(args: argparse.Namespace, teacher, entries) -> dict[tuple[str, float], float]:
     """Median seconds per image of every (model, w): ``--timing-repeats`` rounds over all pairs, the pairs'
     order rotated from round to round, each timing one chunk of ``--batch-size`` class-balanced images."""
-    from cfgdiff.sampling.generate import generate_samples
+    from cfgdiff.sampling.pipeline import GuidedRun
 
     labels = torch.arange(args.timing_batch) % teacher.num_classes
     pairs = [(key, w, student, sampler, steps) for key, student, sampler, steps in entries for w in args.w]
@@ -94,11 +94,12 @@ def time_models(args: argparse.Namespace, teacher, entries) -> dict[tuple[str, f
     for r in range(args.timing_repeats + 1):  # round 0 warms up and is not counted
         shift = r % len(pairs)
         for key, w, student, sampler, steps in pairs[shift:] + pairs[:shift]:
-            eps_fn, weight = (teacher, w) if student is None else (student.at(w), 0.0)
+            run = GuidedRun(teacher if student is None else student, sampler=sampler, steps=steps,
+                            batch_size=args.timing_batch, device=args.device,
+                            sampler_options={"clip_x": teacher.x_bound})
             _sync(args.device)
             t0 = time.perf_counter()
-            generate_samples(eps_fn, labels, w=weight, sampler=sampler, steps=steps, batch_size=args.timing_batch,
-                             seed=args.seed, device=args.device, clip_x=teacher.x_bound)
+            run.samples(labels, w, seed=args.seed)
             _sync(args.device)
             if r:
                 times[(key, w)].append((time.perf_counter() - t0) / labels.shape[0])

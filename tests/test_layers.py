@@ -107,3 +107,16 @@ def test_a_submodule_of_an_old_package_is_not_loaded_twice() -> None:
     from cfgdiff.sampling.solvers import sample_ddim as new
 
     assert sample_ddim is new
+
+
+def test_no_command_module_imports_another() -> None:
+    """Commands share options through option modules (``cli/*_options.py``, ``cli/arguments.py``), never by
+    importing each other."""
+    from cfgdiff.cli import COMMAND_MODULES
+
+    commands = set(COMMAND_MODULES.values())
+    for module in commands:
+        tree = ast.parse((PACKAGE / "cli" / f"{module}.py").read_text(encoding="utf-8"))
+        imported = {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cfgdiff.cli.")}
+        assert not imported & commands, f"cli/{module}.py imports the command module(s) {sorted(imported & commands)}"

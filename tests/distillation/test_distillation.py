@@ -4,7 +4,6 @@ range policy, the loss, and a short distillation of the exact Gaussian mixture t
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.diffusion import diffuse
 from cfgdiff.core.schedule import sample_logsnr
 from cfgdiff.core.toy import GaussianMixture
@@ -19,6 +18,7 @@ from cfgdiff.distillation import (
     student_config,
 )
 from cfgdiff.guidance import cfg
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.models import MLPDenoiser, UNet, build_model
 from cfgdiff.sampling.solvers import SAMPLERS, nfe_per_sample, sample_ddim
 from cfgdiff.training import Batch, LoopConfig, Trainer

@@ -9,8 +9,8 @@ import torch
 
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.evaluation.metrics import ReferenceStats, feature_statistics, inception_score
-from cfgdiff.evaluation.sweep import balanced_labels, classifier_guide, run_sweep
-from cfgdiff.guidance import cfg
+from cfgdiff.evaluation.sweep import balanced_labels, run_sweep
+from cfgdiff.guidance import cfg, make_guide
 from cfgdiff.sampling.generate import generate_samples, iter_samples
 from cfgdiff.training.classifier import ClassifierConfig, train_classifier
 from tests.helpers import assert_usage_error, run_cli
@@ -68,8 +68,9 @@ def test_classifier_guidance_with_exact_classifier_equals_cfg_through_eval(sampl
     labels = balanced_labels(60, 3)
     x_cfg = torch.cat(list(iter_samples(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
                                          dtype=torch.float64, guide=cfg)))
+    by_classifier_guide = make_guide("classifier", log_prob_fn=mixture.log_prob_fn)
     x_cls = torch.cat(list(iter_samples(mixture, labels, w=2.0, steps=24, sampler=sampler, seed=1,
-                                         dtype=torch.float64, guide=classifier_guide(mixture.log_prob_fn))))
+                                         dtype=torch.float64, guide=by_classifier_guide)))
     torch.testing.assert_close(x_cls, x_cfg, rtol=1e-9, atol=1e-9)
 
 

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
     cfg,
@@ -15,6 +14,7 @@ from cfgdiff.guidance import (
     scale_from_w,
     w_from_scale,
 )
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.solvers import sample_ancestral, sample_ddim
 from tests.helpers import RowNet
 

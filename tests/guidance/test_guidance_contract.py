@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.schedule import alpha_sigma
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
@@ -19,6 +18,7 @@ from cfgdiff.guidance import (
     guidance_interval,
     make_guide,
 )
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.generate import generate_samples
 from cfgdiff.sampling.solvers import SAMPLERS
 from tests.helpers import RowNet

@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.schedule import alpha_sigma
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
@@ -27,6 +26,7 @@ from cfgdiff.guidance import (
     make_guide,
     rescaled_cfg,
 )
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.solvers import SAMPLERS
 from tests.helpers import RowNet
 

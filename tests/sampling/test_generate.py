@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import guidance_interval_sigma
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.models import UNet
 from cfgdiff.sampling.generate import (
     DEFAULT_BATCH_SIZE,

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn
 from cfgdiff.core.schedule import logsnr_grid
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
@@ -21,6 +20,7 @@ from cfgdiff.guidance import (
     logsnr_from_sigma,
     sigma_from_logsnr,
 )
+from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.solvers import (
     SAMPLERS,
     nfe_per_sample,

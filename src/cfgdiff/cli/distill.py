@@ -4,9 +4,6 @@ Stage 1 (Meng et al. 2023): ``cfgdiff distill RUN_DIR --w-range 0,4 --run-dir DI
 student that computes the guided (1 + w) ε(z, c) - w ε(z) in one network call. Stage 2 (Salimans & Ho 2022):
 ``cfgdiff distill STUDENT_DIR --progressive --steps-from N --run-dir DIR`` halves the DDIM steps, N → N/2,
 one halving per invocation (the next one takes DIR as its teacher, its steps recorded).
-
-Also here: ``distilled_student(args, source, ws)``, what ``cfgdiff sample`` and ``cfgdiff eval`` call to treat a
-distilled run (a ``Student`` at each w, never a guidance wrapper; a progressive stage's own steps and sampler).
 """
 
 from __future__ import annotations
@@ -189,41 +186,3 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- distilled runs in sample and eval ------------------------------------------------------------------------
-
-
-def distilled_student(args: argparse.Namespace, source, ws) -> Any:
-    """The ``Student`` of a distilled run for ``cfgdiff sample``/``eval`` (None for any other model source).
-
-    Checks before any work: every w in the student's range (else ``WRangeError``, exit 2), no guidance option
-    (the student is already guided: ``--interval``, another ``--guidance``, ``--classifier`` are refused). A
-    progressive stage samples with its own steps and DDIM unless ``--steps``/``--sampler`` were given; other
-    values are allowed and warned about.
-    """
-    from cfgdiff.distillation import DISTILLATION_KEY, load_student
-
-    if getattr(source, "kind", None) != "run" or not (source.meta or {}).get(DISTILLATION_KEY):
-        return None
-    student = load_student(args.run_dir, ema=not getattr(args, "raw_weights", False), device=args.device)
-    for w in ws:
-        student.w_range.check(w)
-    if getattr(args, "interval", None) is not None:
-        raise UsageError("--interval does not apply to a distilled student: it is guided at every step in one row")
-    if getattr(args, "guidance", "cfg") not in (None, "cfg") or getattr(args, "classifier", None) is not None:
-        raise UsageError("a distilled student is already guided: --guidance and --classifier do not apply")
-    sampling = student.sampling
-    if sampling:
-        given = getattr(args, "given", frozenset())
-        if "steps" not in given:
-            args.steps = int(sampling["steps"])
-        elif args.steps != int(sampling["steps"]):
-            print(f"cfgdiff: warning: this student was distilled for {sampling['steps']} {sampling['sampler']} "
-                  f"steps; sampling it with {args.steps} is allowed but not what it learned", file=sys.stderr)
-        if "sampler" not in given:
-            args.sampler = sampling["sampler"]
-        elif args.sampler != sampling["sampler"]:
-            print(f"cfgdiff: warning: this student was distilled for the {sampling['sampler']} sampler; "
-                  f"{args.sampler} is allowed but not what it learned", file=sys.stderr)
-        if getattr(args, "grid", None) not in (None, sampling.get("grid", "cosine")):
-            print(f"cfgdiff: warning: this student was distilled on the {sampling.get('grid', 'cosine')} log-SNR "
-                  f"grid; --grid {args.grid} is allowed but not what it learned", file=sys.stderr)
-    return student

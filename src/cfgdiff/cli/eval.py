@@ -11,7 +11,7 @@ from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, p
 from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
-from cfgdiff.cli.sample import add_sampler_options, interval_weight, sampler_kwargs
+from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 
 EXIT_OK = 0
 SMALL_N = 500  # below this many samples per w, FID's upward bias and spread swamp most differences between w
@@ -158,10 +158,6 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     """``run`` in one process, or as one rank of torchrun's group: the ranks split the samples of each w
     (``cfgdiff.sampling.sharded``), rank 0 scores them all, once, with the one-process result, and alone
     writes and prints."""
-    from functools import partial
-
-    from cfgdiff.cli.distill import distilled_student
-    from cfgdiff.distillation.evaluate import sweep_student
     from cfgdiff.evaluation.sweep import run_sweep, write_sweep
     from cfgdiff.sampling.sharded import main_only
 
@@ -173,7 +169,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
         raise UsageError("--inception-weights and --features name two feature networks: give one")
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise UsageError(f"--bootstrap must be 0 (no spread) or at least 2, got {args.bootstrap}")
-    interval_weight(args, 0.0)  # check --interval before any work
+    interval_of(args)  # check --interval before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
     source.check_guidance(args.w, args.guidance)
     student = distilled_student(args, source, args.w)  # a distilled run: student.at(w), 1 row per step; else None
@@ -187,8 +183,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     choice = guidance_from_args(args, model, ws=[0.0] if student else args.w, x_bound=source.x_bound,
                                 device=args.device, ema=not args.raw_weights)  # checked before any work
     args.guidance_argv = choice.argv
-    kwargs = sampler_kwargs(args, source.x_bound)
-    kwargs.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
+    run = guided_run_from_args(args, source, choice, student=student)  # the model, guidance, sampler: one object
     scoring, ok = main_only(lambda: _scorer(args, meta, data, model), dist)  # rank 0 alone scores
     if not ok:
         return 2  # rank 0 stopped on bad input and says why
@@ -204,13 +199,8 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
                    args.no_progress or not dist.is_main)
     t0 = time.perf_counter()
     with bar:
-        sweep = partial(sweep_student, student) if student else partial(run_sweep, model)
-        result = sweep(args.w, n=args.n, steps=args.steps, scorer=scorer,
-                           sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
-                           guidance=choice.method, guidance_params=choice.params, grid_per_class=args.grid_per_class,
-                           device=args.device, on_chunk=bar.update, dist=dist,
-                           weight_schedule=(lambda w: interval_weight(args, w)) if args.interval else None,
-                           **kwargs)
+        result = run_sweep(run, args.w, n=args.n, scorer=scorer, seed=args.seed, grid_per_class=args.grid_per_class,
+                           on_chunk=bar.update, dist=dist)
     seconds = time.perf_counter() - t0
     if not dist.is_main:
         return EXIT_OK  # this rank's samples went to rank 0, which scores and writes them

@@ -2,8 +2,9 @@
 
 ``add_guidance_options(p)`` adds the flags; ``guidance_from_args(args, model, ws=..., ...)`` checks them (one-line
 ``UsageError``s, before anything is written), loads what a method needs (the guide run of autoguidance, the noisy
-classifier of classifier guidance) and returns a ``GuidanceChoice`` whose ``guide(eps_fn, w)`` is what the
-commands pass to ``generate.iter_samples`` / ``evaluation.run_sweep``. Methods and their defaults come from
+classifier of classifier guidance) and returns a ``GuidanceChoice``: the method and its parameters that the
+commands' ``GuidedRun`` is built with (``cli.sampling_options.guided_run_from_args``).
+Methods and their defaults come from
 ``cfgdiff.guidance.GUIDANCE_METHODS``; a method's flag given with another ``--guidance`` is refused.
 """
 
@@ -83,7 +84,8 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class GuidanceChoice:
-    """The checked guidance of a command: ``guide(eps_fn, w) -> eps_fn`` and what to record about it."""
+    """The checked guidance of a command: the method, its parameters (loaded networks included) and what to record
+    about it; ``guide(eps_fn, w) -> eps_fn`` builds the wrapper alone (the checks use it)."""
 
     method: str
     params: dict[str, Any]  # the builder's keyword arguments (a loaded guide network or classifier included)
@@ -92,42 +94,12 @@ class GuidanceChoice:
     lines: list[str] = field(default_factory=list)  # Markdown lines for a report header
     argv: list[str] = field(default_factory=list)  # the guidance part of the command line
 
-    @property
-    def networks(self) -> tuple[str, ...]:
-        """Parameters holding further networks (counted as network calls by the commands)."""
-        return GUIDANCE_METHODS[self.method].networks
-
     def record(self) -> dict[str, Any]:
         """The method's numeric parameters in effect (recommended defaults included), for results.json; an infinite
         one as the string "inf" (JSON has no infinity)."""
         effective = {**GUIDANCE_METHODS[self.method].recommended, **self.params}
         return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in effective.items()
                 if isinstance(v, int | float | bool)}
-
-    def counting_guide(self) -> CountingGuide:
-        """A guide that counts the rows of every network the guidance calls (NFE), for one sweep point."""
-        return CountingGuide(self)
-
-
-class CountingGuide:
-    """``guide(eps_fn, w)`` of a ``GuidanceChoice`` whose networks are wrapped in ``CountingEpsFn``s; ``rows`` is the
-    total number of network rows evaluated so far (the main network's and, for autoguidance, the guide's)."""
-
-    def __init__(self, choice: GuidanceChoice) -> None:
-        from cfgdiff.core.contract import CountingEpsFn
-
-        self._counting = CountingEpsFn
-        self.extra = {name: CountingEpsFn(choice.params[name]) for name in choice.networks}
-        self.main: list[Any] = []
-        self._guide = make_guide(choice.method, **{**choice.params, **self.extra})
-
-    def __call__(self, eps_fn: Any, w: Any) -> Any:
-        self.main.append(self._counting(eps_fn))
-        return self._guide(self.main[-1], w)
-
-    @property
-    def rows(self) -> int:
-        return sum(c.rows for c in self.main) + sum(c.rows for c in self.extra.values())
 
 
 def _describe_guide(guide_run: Path, model: Any) -> str:

@@ -8,76 +8,14 @@ import time
 import numpy as np
 import torch
 
-from cfgdiff.cli.arguments import (
-    UsageError,
-    device,
-    float_list,
-    output_path,
-    positive_int,
-    progress,
-    resolve_weights,
-    unit_float,
-)
+from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, positive_int, progress, resolve_weights
 from cfgdiff.cli.config_file import write_resolved_config
-from cfgdiff.cli.distill import distilled_student
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
+from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.models.presets import DEFAULT_SAMPLING_CHUNK, default_chunk
-from cfgdiff.sampling.solvers import SAMPLERS
 
 EXIT_OK = 0
-
-
-class RecordGiven(argparse.Action):
-    """Store the value and add the option's dest to ``args.given``: a default can then be told from the same value
-    given explicitly (a progressive-distilled run samples with its own steps and sampler unless they are given)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.given = frozenset(getattr(namespace, "given", frozenset())) | {self.dest}
-
-
-def add_sampler_options(p: argparse.ArgumentParser, *, steps: int, sampler: str) -> None:
-    """Options every sampling command shares: sampler, steps, grid, v, eta, interval, clipping."""
-    p.add_argument("--steps", type=positive_int("--steps"), default=steps, action=RecordGiven,
-                   help=f"sampling steps (default {steps}; a progressive-distilled run: its own)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=sampler, action=RecordGiven,
-                   help=f"sampler (default {sampler}; ancestral is the paper's Algorithm 2; a progressive-distilled "
-                        "run: ddim)")
-    p.add_argument("--grid", choices=("cosine", "uniform", "edm"), default=None,
-                   help="log-SNR grid of the sampler (default: cosine; heun: edm)")
-    p.add_argument("--v-interp", type=unit_float("--v-interp"), default=0.3,
-                   help="the paper's v: reverse variance (σ̃²)^(1-v) (σ²_{λ|λ'})^v (ancestral only; default 0.3)")
-    p.add_argument("--eta", type=float, default=None, help="noise scale of dpmpp_2m_sde (default 1)")
-    p.add_argument("--interval", type=float_list, default=None, metavar="SIGMA_LO,SIGMA_HI",
-                   help="guidance interval: guide only where sigma = exp(-logsnr/2) lies in (SIGMA_LO, SIGMA_HI], "
-                        "one unguided network call per step elsewhere (Kynkaanniemi et al. 2024)")
-    p.add_argument("--no-clip", action="store_true", help="do not clip x̂ to the data range ([-1, 1] for images)")
-
-
-def sampler_kwargs(args: argparse.Namespace, x_bound: float) -> dict:
-    """The sampler's keyword arguments from the shared options (checked)."""
-    kwargs: dict = {"clip_x": False if args.no_clip else x_bound}
-    if args.sampler == "ancestral":
-        kwargs["v_interp"] = args.v_interp
-    if args.grid is not None:
-        kwargs["grid"] = args.grid
-    if args.eta is not None:
-        if args.sampler != "dpmpp_2m_sde" or args.eta < 0:
-            raise UsageError("--eta takes a number >= 0 and only goes with --sampler dpmpp_2m_sde")
-        kwargs["eta"] = args.eta
-    return kwargs
-
-
-def interval_weight(args: argparse.Namespace, w):
-    """w itself, or the guidance-interval schedule of ``--interval`` around it."""
-    from cfgdiff.guidance import guidance_interval_sigma
-
-    if args.interval is None:
-        return w
-    if not (len(args.interval) == 2 and 0 <= args.interval[0] < args.interval[1]):
-        raise UsageError("--interval takes SIGMA_LO,SIGMA_HI with 0 <= SIGMA_LO < SIGMA_HI")
-    return guidance_interval_sigma(w, sigma_lo=args.interval[0], sigma_hi=args.interval[1])
 
 
 def add_parser(sub) -> None:
@@ -124,7 +62,7 @@ def _sample(args: argparse.Namespace, dist) -> int:
     and prints."""
     from cfgdiff.core.toy import GaussianMixture
     from cfgdiff.evaluation.plotting import save_sample_grid, toy_guidance_figure
-    from cfgdiff.sampling.sharded import generate_samples_sharded, sum_over_ranks
+    from cfgdiff.sampling.sharded import sum_over_ranks
 
     ws = resolve_weights(args, [0.0, 1.0, 3.0])
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
@@ -141,10 +79,9 @@ def _sample(args: argparse.Namespace, dist) -> int:
         raise UsageError(f"--out must be a .png path, got {out}")
     is_image = len(source.image_shape) == 3
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
-    kwargs = sampler_kwargs(args, source.x_bound)
-    kwargs.update(autocast=args.autocast, channels_last=args.channels_last, compile_network=args.compile)
-    kwargs.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
-    interval_weight(args, 0.0)  # check --interval before any work
+    interval_of(args)  # check --interval before any work
+    run = guided_run_from_args(args, source, choice, student=student, network_options={
+        "autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile})
 
     samples: dict[float, torch.Tensor] = {}
     nfe: dict[float, float] = {}
@@ -153,18 +90,10 @@ def _sample(args: argparse.Namespace, dist) -> int:
     t0 = time.perf_counter()
     with bar:
         for w in ws:
-            counted = choice.counting_guide()  # counts the rows of every network the guidance calls (NFE)
-
-            def counted_guide(network, weight, counted=counted):
-                return counted(network, interval_weight(args, weight))
-
-            samples[w] = generate_samples_sharded(  # a student at w is already guided: CFG weight 0 is its one row
-                student.at(w) if student else model, labels, w=0.0 if student else w, sampler=args.sampler,
-                steps=args.steps, batch_size=args.batch_size,
-                seed=args.seed, device=args.device, on_chunk=bar.update,  # same noise in every w panel
-                guide=counted_guide, dist=dist, **kwargs,
-            )
-            nfe[w] = sum_over_ranks(counted.rows, dist) / labels.shape[0]  # a guided step counts 2 rows
+            run.counter.reset()  # counts the rows of every network the guidance calls (NFE)
+            samples[w] = run.samples(labels, w, seed=args.seed, dist=dist,  # same noise in every w panel
+                                     on_chunk=bar.update)
+            nfe[w] = sum_over_ranks(run.denoiser_rows(), dist) / labels.shape[0]  # a guided step counts 2 rows
     seconds = time.perf_counter() - t0
     if not dist.is_main:
         return EXIT_OK  # this rank's samples went to rank 0, which writes them

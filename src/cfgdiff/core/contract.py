@@ -6,7 +6,8 @@ An *eps_fn* is any callable ``eps = eps_fn(z, logsnr, labels)`` with
 * an attribute ``num_classes`` = K, which is also the null label (the unconditional model ε(z) = ε(z, ∅));
 * output ε̂ with the shape and dtype of ``z``.
 
-Trained networks, ``cfgdiff.core.toy.GaussianMixture`` and every guidance wrapper are eps_fns.
+Trained networks, ``cfgdiff.core.toy.GaussianMixture`` and every guidance wrapper are eps_fns. The counter of
+network evaluations is ``cfgdiff.guidance.counting.CountingEpsFn``.
 """
 
 from __future__ import annotations
@@ -38,28 +39,3 @@ def check_labels(labels: torch.Tensor, num_classes: int, *, allow_null: bool = T
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > upper):
         raise ValueError(f"labels must lie in [0, {upper}] (num_classes = {num_classes}), got "
                          f"[{int(labels.min())}, {int(labels.max())}]")
-
-
-class CountingEpsFn:
-    """Wraps an eps_fn and counts its calls and rows: NFE = network calls, ``rows`` = total batch rows.
-
-    One guided step of a batched CFG wrapper is one call of 2B rows; an unguided step one call of B rows.
-    """
-
-    def __init__(self, eps_fn: EpsFn) -> None:
-        self.eps_fn = eps_fn
-        self.num_classes = eps_fn.num_classes
-        self.calls = 0
-        self.rows = 0
-        self.batch_sizes: list[int] = []
-
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        self.rows += z.shape[0]
-        self.batch_sizes.append(int(z.shape[0]))
-        return self.eps_fn(z, logsnr, labels)
-
-    def reset(self) -> None:
-        self.calls = 0
-        self.rows = 0
-        self.batch_sizes.clear()

@@ -209,6 +209,10 @@ class Student:
         """{"sampler", "steps", "grid", ...} a progressive stage was distilled for; None for stage 1."""
         return self.info.get("sampling")
 
+    def record(self) -> dict[str, Any]:
+        """What a sweep's ``meta`` says about the student (``GuidedRun.record``)."""
+        return {"distilled": self.describe(), "w_range": self.w_range.to_json()}
+
     def describe(self) -> str:
         """One line for reports: stage, w range, teacher."""
         teacher = self.info.get("teacher", {})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 _SWEEP_NAMES = ("SweepResult", "SweepRow", "balanced_labels", "best_row", "load_sweep", "markdown_table",
-                "run_sweep", "write_sweep", "CountingLogProbFn", "classifier_guide")
+                "run_sweep", "write_sweep", "guided_run")
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,11 @@
 
 ``run_sweep`` is the loop behind ``cfgdiff eval``. For every guidance weight w (the paper's convention,
 ε̃ = (1 + w) ε(z, c) - w ε(z) for classifier-free guidance, ε̃ = ε(z, c) - w σ ∇ log p_φ(c | z) for classifier
-guidance) it draws ``n`` samples with class-balanced labels (label of sample i = i mod K) in chunks of
-``batch_size`` rows, with the samplers and per-sample seeds of ``cfgdiff.sampling.generate.generate_samples`` (the same
-samples as ``cfgdiff sample`` with that seed),
-hands each chunk to a *scorer* right away (``cfgdiff.evaluation.metrics.scorers``; memory does not grow with n
-beyond the D-dim features), and scores the set against the real data. Images (``ImageScorer``):
+guidance) it draws ``n`` samples with class-balanced labels (label of sample i = i mod K) through one guided run
+(``cfgdiff.sampling.pipeline.GuidedRun``: chunks of ``batch_size`` rows, per-sample seeds, the same samples as
+``cfgdiff sample`` with that seed), hands each chunk to a *scorer* right away (``cfgdiff.evaluation.metrics.scorers``;
+memory does not grow with n beyond the D-dim features), and scores the set against the real data.
+Images (``ImageScorer``):
 
     FID = ||μ_g - μ_r||² + Tr(Σ_g + Σ_r - 2 (Σ_g Σ_r)^{1/2}),   IS = exp(E KL(p(y|x) || p(y)))
 
@@ -41,36 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn, EpsFn
+from cfgdiff.core.contract import EpsFn
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.evaluation.features import FeatureExtractor
 from cfgdiff.evaluation.metrics import ImageScorer, ReferenceStats, SampleScorer
-from cfgdiff.guidance import GuidanceWeight, LogProbFn, classifier_guidance, guidance_method, make_guide
+from cfgdiff.guidance import GuidanceWeight, LogProbFn
 from cfgdiff.runtime.distributed import DistContext
-from cfgdiff.sampling.sharded import iter_samples_sharded, sum_over_ranks
-
-GuideFn = Callable[[EpsFn, GuidanceWeight], EpsFn]
-
-
-class CountingLogProbFn:
-    """Wraps a classifier's log_prob_fn and counts the rows it is evaluated on (each is a forward + backward)."""
-
-    def __init__(self, log_prob_fn: LogProbFn) -> None:
-        self.log_prob_fn = log_prob_fn
-        self.rows = 0
-
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self.rows += z.shape[0]
-        return self.log_prob_fn(z, logsnr, labels)
-
-
-def classifier_guide(log_prob_fn: LogProbFn) -> GuideFn:
-    """A ``guide`` for ``generate_samples``: classifier guidance ε - w σ ∇ log p(c | z) with this classifier."""
-
-    def guide(eps_fn: EpsFn, w: GuidanceWeight) -> EpsFn:
-        return classifier_guidance(eps_fn, log_prob_fn, w)
-
-    return guide
+from cfgdiff.sampling.pipeline import GuidedRun
+from cfgdiff.sampling.sharded import sum_over_ranks
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -117,37 +95,58 @@ class SweepResult:
     points: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # vector data: w -> (x, labels)
 
 
-def run_sweep(
+def guided_run(
     eps_fn: EpsFn,
-    ws: Sequence[float],
     *,
-    n: int,
     steps: int,
-    extractor: FeatureExtractor | None = None,
-    reference: ReferenceStats | None = None,
-    scorer: SampleScorer | None = None,
     sampler: str = "ancestral",
-    seed: int = 0,
     batch_size: int = 256,
     guidance: str = "cfg",
     log_prob_fn: LogProbFn | None = None,
     guidance_params: Mapping[str, Any] | None = None,
-    grid_per_class: int = 8,
-    device: torch.device | str = "cpu",
-    on_chunk: Callable[[int], None] | None = None,
     weight_schedule: Callable[[float], GuidanceWeight] | None = None,
+    **kwargs: Any,
+) -> GuidedRun:
+    """The ``GuidedRun`` of a ``run_sweep`` call in its keyword form: ``guidance`` and ``guidance_params`` name the
+    method, ``log_prob_fn`` is classifier guidance's classifier (also accepted inside the params),
+    ``weight_schedule(w)`` the weight used for each row's w (e.g. a guidance interval around w); ``kwargs`` are
+    GuidedRun's network and chunk options and, for the rest, the sampler's keyword arguments."""
+    params = dict(guidance_params or {})
+    if log_prob_fn is not None:
+        params["log_prob_fn"] = log_prob_fn
+    if guidance == "classifier" and params.get("log_prob_fn") is None:
+        raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
+    return GuidedRun.from_options(eps_fn, method=guidance, params=params, schedule=weight_schedule, sampler=sampler,
+                                  steps=steps, batch_size=batch_size, **kwargs)
+
+
+def run_sweep(
+    model: GuidedRun | EpsFn,
+    ws: Sequence[float],
+    *,
+    n: int,
+    extractor: FeatureExtractor | None = None,
+    reference: ReferenceStats | None = None,
+    scorer: SampleScorer | None = None,
+    seed: int = 0,
+    grid_per_class: int = 8,
+    on_chunk: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
-    **sampler_kwargs: Any,
+    **run_kwargs: Any,
 ) -> SweepResult:
-    """The metrics of ``n`` samples at each w (see the module docstring). ``scorer`` measures them (default:
-    ``ImageScorer(extractor, reference)``, FID against ``reference`` and IS). ``guidance``: a method of
-    ``cfgdiff.guidance.GUIDANCE_METHODS`` ("cfg", "rescale", "apg", ..., "classifier") with its keyword
-    arguments in ``guidance_params``; classifier guidance needs ``log_prob_fn(z, logsnr, labels)`` -> log p_φ(labels
-    | z_λ) (here or in the params), autoguidance its ``guide`` network, whose rows count in ``nfe_per_sample`` too.
-    ``weight_schedule(w)`` turns each row's w into the weight passed to the guidance (e.g. a guidance interval
-    around w). ``dist``: this process's place in a torchrun group; the ranks split the samples, rank 0 scores all of
-    them and returns the one-process result, the other ranks return an empty ``SweepResult`` (no rows) and need
-    no scorer."""
+    """The metrics of ``n`` samples at each w (see the module docstring), drawn by the guided run ``model``
+    (``cfgdiff.sampling.pipeline.GuidedRun``: the model, guidance method, interval, sampler, steps, precision).
+    An eps_fn with ``guided_run``'s keyword arguments (``steps``, ``sampler``, ``guidance``, ``guidance_params``,
+    ``log_prob_fn``, ``weight_schedule``, sampler options) is turned into one first.
+
+    ``scorer`` measures the samples (default: ``ImageScorer(extractor, reference)``, FID against ``reference`` and
+    IS). ``nfe_per_sample`` counts every denoiser row the run evaluates (autoguidance's guide network too),
+    ``classifier_evals_per_sample`` the classifier's forward + backward passes. ``dist``: this process's place in a
+    torchrun group; the ranks split the samples, rank 0 scores all of them and returns the one-process result, the
+    other ranks return an empty ``SweepResult`` (no rows) and need no scorer."""
+    run = model if isinstance(model, GuidedRun) else guided_run(model, **run_kwargs)
+    if isinstance(model, GuidedRun) and run_kwargs:
+        raise ValueError(f"a GuidedRun carries its own options; got {', '.join(sorted(run_kwargs))} as well")
     if n < 2:
         raise ValueError(f"need n >= 2 samples for a covariance, got {n}")
     main = dist is None or dist.is_main  # the process that scores (every process when not distributed)
@@ -155,39 +154,19 @@ def run_sweep(
         if extractor is None or reference is None:
             raise ValueError("run_sweep needs a scorer, or a feature extractor and reference statistics")
         scorer = ImageScorer(extractor, reference)
-    method = guidance_method(guidance)  # any of cfgdiff.guidance.GUIDANCE_METHODS
-    params = dict(guidance_params or {})
-    if guidance == "classifier":
-        log_prob_fn = log_prob_fn if log_prob_fn is not None else params.get("log_prob_fn")
-        if log_prob_fn is None:
-            raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
-    num_classes = int(eps_fn.num_classes)
+    num_classes = run.num_classes
     labels = balanced_labels(n, num_classes)
-    counting = CountingEpsFn(eps_fn)
-    counting_cls = CountingLogProbFn(log_prob_fn) if guidance == "classifier" else None
-    if counting_cls is not None:
-        params["log_prob_fn"] = counting_cls
-    counting_extra = [CountingEpsFn(params[name]) for name in method.networks]  # e.g. autoguidance's guide network
-    params.update(zip(method.networks, counting_extra, strict=True))
-    guide = make_guide(guidance, **params)
     rows: list[SweepRow] = []
     grids: dict[float, np.ndarray] = {}
     points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for w in ws:
-        counting.reset()
-        for extra in counting_extra:
-            extra.reset()
-        if counting_cls is not None:
-            counting_cls.rows = 0
+        run.counter.reset()
         acc = scorer.new_set() if main else None
         per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
         seconds = 0.0
         offset = 0
         t_start = time.perf_counter()
-        weight = weight_schedule(float(w)) if weight_schedule is not None else float(w)
-        for x in iter_samples_sharded(counting, labels, w=weight, steps=steps, sampler=sampler, seed=seed,
-                                      batch_size=batch_size, guide=guide, device=device, dist=dist,
-                                      **sampler_kwargs):  # other ranks: nothing (their chunks go to rank 0)
+        for x in run.iter_samples(labels, float(w), seed=seed, dist=dist):  # other ranks: nothing (sent to rank 0)
             seconds += time.perf_counter() - t_start
             acc.add(x, labels[offset:offset + x.shape[0]])
             for i, c in enumerate(labels[offset:offset + x.shape[0]].tolist()):
@@ -197,24 +176,24 @@ def run_sweep(
             if on_chunk is not None:
                 on_chunk(x.shape[0])
             t_start = time.perf_counter()
-        denoiser_rows = sum_over_ranks(counting.rows + sum(extra.rows for extra in counting_extra), dist)
-        classifier_rows = sum_over_ranks(counting_cls.rows if counting_cls is not None else 0, dist)
+        denoiser_rows = sum_over_ranks(run.denoiser_rows(), dist)
+        classifier_rows = sum_over_ranks(run.classifier_rows(), dist)
         if not main:
             continue
         scores = acc.finish(float(w))
         if hasattr(acc, "points"):
             points[float(w)] = acc.points
         rows.append(SweepRow(
-            w=float(w), **scores, n=n, steps=steps,
-            sampler=sampler, seed=seed, guidance=guidance,
+            w=float(w), **scores, n=n, steps=run.steps,
+            sampler=run.sampler, seed=seed, guidance=run.method,
             nfe_per_sample=denoiser_rows / n,
-            classifier_evals_per_sample=(classifier_rows / n) if counting_cls is not None else 0.0,
+            classifier_evals_per_sample=(classifier_rows / n) if run.uses_classifier else 0.0,
             seconds_per_sample=seconds / n,
         ))
         filled = min(len(v) for v in per_class)
         if filled > 0:
             grids[float(w)] = np.stack([np.stack(v[:filled]) for v in per_class])  # [K, n_grid, C, H, W]
-    return SweepResult(rows, grids, scorer.meta(n) if main else {}, points)
+    return SweepResult(rows, grids, {**scorer.meta(n), **run.record()} if main else {}, points)
 
 
 # -- writing ---------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ class GuidanceMethod:
     formula: str  # in the paper's w, ε / x̂ terms
     recommended: Mapping[str, Any] = field(default_factory=dict)  # the paper's recommended parameters
     neutral: Mapping[str, Any] | None = None  # parameters that make it plain CFG (None: there are none)
-    networks: tuple[str, ...] = ()  # parameters that are further networks (eps_fns), counted as network calls
+    networks: tuple[str, ...] = ()  # parameters that are further denoisers (eps_fns), counted as network rows
+    classifiers: tuple[str, ...] = ()  # parameters that are classifiers (log_prob_fns), counted as classifier passes
     requires: tuple[str, ...] = ()  # parameters without a default (a guide network, a classifier)
     cost: str = "one call of 2B rows per guided step; one call of B rows where unguided"
     w_range: str = "any finite w; w = 0 is the conditional model"
@@ -95,7 +96,7 @@ GUIDANCE_METHODS: dict[str, GuidanceMethod] = {m.name: m for m in (
         cost="one call of B rows of each network per guided step; the main model alone where unguided"),
     GuidanceMethod(
         "classifier", _classifier, "Classifier guidance (Dhariwal & Nichol 2021)", "ε̃ = ε_c - w σ ∇_z log p_φ(c|z)",
-        requires=("log_prob_fn",),
+        requires=("log_prob_fn",), classifiers=("log_prob_fn",),
         cost="one call of B rows per step plus one classifier forward and backward pass where guided"),
 )}
 

@@ -1,8 +1,9 @@
-"""Many guided samples in chunks: the loop shared by ``cfgdiff sample``, evaluation and the benchmark.
+"""Many guided samples in chunks: the one chunk loop (``iter_chunks``) under every guided run.
 
-``generate_samples`` runs a sampler from ``cfgdiff.sampling.solvers.SAMPLERS`` under a guidance wrapper over chunks of
-``batch_size`` rows, so memory does not grow with the number of samples. Only this module and the CLI know
-about chunks; the samplers see one batch.
+``iter_chunks`` runs a sampler from ``cfgdiff.sampling.solvers.SAMPLERS`` over an already guided eps_fn in chunks
+of ``batch_size`` rows, so memory does not grow with the number of samples; ``cfgdiff.sampling.pipeline.GuidedRun``
+(what the commands use) and the function API ``iter_samples`` / ``generate_samples`` (a model, a weight and a
+``guide``) both sample through it. The samplers see one batch.
 
 Same seed, same samples, whatever the chunk size: sample i draws its initial noise and every later noise from
 its own ``torch.Generator`` seeded with ``sample_seed(seed, i)`` (a SplitMix64 hash of the pair), and the
@@ -54,10 +55,13 @@ def sample_generators(
     return [torch.Generator(device=device).manual_seed(sample_seed(seed, i)) for i in range(start, stop)]
 
 
-def _run_seed(seed: int | None, generator: torch.Generator | None) -> int:
-    """The run's seed: ``seed`` itself, else one 63-bit draw from ``generator`` (or torch's global generator)."""
+def _run_seed(seed: int | None, generator: torch.Generator | None, shard: tuple[int, int] = (0, 1)) -> int:
+    """The run's seed: ``seed`` itself, else one 63-bit draw from ``generator`` (or torch's global generator).
+    Sharded sampling needs ``seed``: every rank must derive the same per-sample noise streams."""
     if seed is not None:
         return int(seed)
+    if shard[1] > 1:
+        raise ValueError("sharded sampling needs a seed: every rank must derive the same per-sample noise streams")
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
@@ -159,36 +163,60 @@ def iter_samples(
     sample i uses its own stream seeded with ``sample_seed(seed, i)``; without ``seed``, the run seed is one draw
     from ``generator`` (or from torch's global generator). ``autocast``, ``channels_last`` and
     ``compile_network`` go to ``prepare_eps_fn``.
-    To count network evaluations, pass a ``cfgdiff.core.contract.CountingEpsFn``. ``decode(x)`` maps each chunk before
-    it is yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
+    To count network evaluations, pass a ``cfgdiff.guidance.counting.CountingEpsFn``, or sample through a
+    ``cfgdiff.sampling.pipeline.GuidedRun``, which counts them itself. ``decode(x)`` maps each chunk before it is
+    yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
 
     ``shard = (rank, world_size)``: run only the chunks j ≡ rank (mod world_size) of the schedule above (chunk j
     holds samples [j·batch_size, (j+1)·batch_size)), each with the very rows and noise streams it has in one
     process; ``cfgdiff.sampling.sharded`` gathers them back into the one-process order. Needs ``seed``
     when world_size > 1 (every rank must derive the same run seed).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    check_labels(labels, eps_fn.num_classes, allow_null=True)
+    data_shape = tuple(data_shape if data_shape is not None else _data_shape(eps_fn))
+    network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
+                             compile_network=compile_network)
+    yield from iter_chunks(guide(network, w), labels, sampler=sampler, steps=steps, batch_size=batch_size,
+                           seed=_run_seed(seed, generator, shard), data_shape=data_shape, device=device, dtype=dtype,
+                           decode=decode, shard=shard, **sampler_kwargs)
+
+
+def iter_chunks(
+    guided: EpsFn,
+    labels: torch.Tensor,
+    *,
+    sampler: str,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    data_shape: tuple[int, ...],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    **sampler_kwargs: Any,
+) -> Iterator[torch.Tensor]:
+    """The one chunk loop: ``sampler`` over the already guided eps_fn ``guided``, chunk j holding samples
+    [j·batch_size, (j+1)·batch_size), sample i drawing from its own stream ``sample_seed(seed, i)``; yields each
+    chunk on the CPU (after ``decode``). ``shard = (rank, world_size)`` runs the chunks j ≡ rank (mod world_size)
+    only (``cfgdiff.sampling.sharded`` gathers them). ``iter_samples`` and ``cfgdiff.sampling.pipeline.GuidedRun``
+    both sample through it."""
     rank, world_size = shard
     if not 0 <= rank < world_size:
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
-    if world_size > 1 and seed is None:
-        raise ValueError("sharded sampling needs a seed: every rank must derive the same per-sample noise streams")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    check_labels(labels, eps_fn.num_classes, allow_null=True)
-    data_shape = tuple(data_shape if data_shape is not None else _data_shape(eps_fn))
     sample_fn = SAMPLERS[sampler]
-    run_seed = _run_seed(seed, generator)
-    network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
-                             compile_network=compile_network)
-    guided = guide(network, w)
     for start in range(rank * batch_size, labels.shape[0], world_size * batch_size):
         chunk = labels[start:start + batch_size].to(device)
         stop = start + chunk.shape[0]
         x = sample_fn(guided, (chunk.shape[0], *data_shape), chunk, steps=steps,
-                      generator=sample_generators(run_seed, start, stop, device), device=device, dtype=dtype,
+                      generator=sample_generators(seed, start, stop, device), device=device, dtype=dtype,
                       **sampler_kwargs)
         if decode is not None:
             x = decode(x)

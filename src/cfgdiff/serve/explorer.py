@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfgdiff.core.contract import CountingEpsFn, EpsFn
-from cfgdiff.guidance import guidance_interval_sigma
-from cfgdiff.sampling.generate import generate_samples
+from cfgdiff.core.contract import EpsFn
+from cfgdiff.guidance import GuidanceWeight
+from cfgdiff.sampling.pipeline import GuidedRun
 from cfgdiff.sampling.solvers import SAMPLERS
 from cfgdiff.serve.images import data_uri, grid_png, scatter_png
 from cfgdiff.serve.methods import Method, explorer_methods
@@ -156,7 +156,7 @@ class Explorer:
     ) -> None:
         """``data_shape``: what the sampler draws; ``image_shape``: what a sample looks like after the
         ``decode`` that ``sampler_options(sampler)`` may return (a latent model's VAE; default: data_shape).
-        ``sampler_options(sampler)``: further keyword arguments for ``generate_samples`` (a diffusers model's
+        ``sampler_options(sampler)``: further keyword arguments for the ``GuidedRun`` (a diffusers model's
         trained log-SNR range, ``decode``, autocast). ``x_bound``: clip x̂ to [-x_bound, x_bound] (None: no
         clipping, e.g. latents; decoded images are taken to lie in [-1, 1]). ``has_null_label=False``: a model
         without an unconditional class, which only w = 0 can sample."""
@@ -279,13 +279,6 @@ class Explorer:
 
     # -- drawing -----------------------------------------------------------------------------------------
 
-    def weight(self, request: GridRequest):
-        """w, or the guidance-interval schedule around it."""
-        if request.interval is None:
-            return request.w
-        lo, hi = request.interval
-        return guidance_interval_sigma(request.w, sigma_lo=lo, sigma_hi=hi)
-
     def render(self, request: GridRequest) -> GridResult:
         """Sample the request's grid (one request at a time) and encode it as PNG."""
         t_wait = time.perf_counter()
@@ -296,21 +289,21 @@ class Explorer:
             labels = torch.tensor(request.classes, dtype=torch.long).repeat_interleave(request.n)
             method = self.methods[request.method]
             params = dict(request.params)
-            counters: list[CountingEpsFn] = []
 
-            def guide(network: EpsFn, weight) -> EpsFn:
-                counters.append(CountingEpsFn(network))
-                return method.build(counters[-1], weight, params, x_bound=self.x_bound)
+            def guide(network: EpsFn, weight: GuidanceWeight) -> EpsFn:
+                return method.build(network, weight, params, x_bound=self.x_bound)
 
             kwargs: dict[str, Any] = {"clip_x": self.x_bound if self.x_bound is not None else False}
             if request.sampler == "ancestral":
                 kwargs["v_interp"] = request.v_interp
             if self.sampler_options is not None:
                 kwargs.update(self.sampler_options(request.sampler))
+            run = GuidedRun.from_options(self.eps_fn, sampler=request.sampler, steps=request.steps,
+                                         method=request.method, guide=guide, interval=request.interval,
+                                         batch_size=max(1, labels.shape[0]), device=self.device,
+                                         data_shape=self.data_shape, **kwargs)
             t0 = time.perf_counter()
-            x = generate_samples(self.eps_fn, labels, w=self.weight(request), sampler=request.sampler,
-                                 steps=request.steps, seed=request.seed, batch_size=max(1, labels.shape[0]),
-                                 guide=guide, device=self.device, data_shape=self.data_shape, **kwargs)
+            x = run.samples(labels, request.w, seed=request.seed)
             if tuple(x.shape[1:]) != self.image_shape:
                 raise RuntimeError(f"samples of shape {tuple(x.shape[1:])}, expected {self.image_shape}")
             seconds = time.perf_counter() - t0
@@ -324,9 +317,8 @@ class Explorer:
         else:
             png = scatter_png(x_np, labels.numpy(), extent=bound * 1.05)
         seconds_encode = time.perf_counter() - t1
-        rows = sum(c.rows for c in counters)
-        return GridResult(request, x_np, labels.numpy(), png, rows / labels.shape[0], sum(c.calls for c in counters),
-                          seconds, seconds_encode, seconds_wait)
+        return GridResult(request, x_np, labels.numpy(), png, run.denoiser_rows() / labels.shape[0],
+                          run.denoiser_calls(), seconds, seconds_encode, seconds_wait)
 
 
 def request_as_query(request: GridRequest) -> dict[str, str]:
