@@ -6,15 +6,22 @@ import pytest
 import torch
 
 from cfgdiff.core.diffusion import (
+    alpha_sigma_rows,
     diffuse,
+    eps_from_x,
     forward_transition,
+    posterior_coefficients,
     posterior_mean,
     posterior_variance,
     predict_eps_from_x,
     predict_x_from_eps,
+    reverse_log_variance,
+    reverse_std,
     reverse_variance,
+    x_from_eps,
+    z_from_x_eps,
 )
-from cfgdiff.core.schedule import alpha_sigma
+from cfgdiff.core.schedule import alpha_sigma, alpha_sigma_host, log_sigmoid_host
 
 PAIRS = [(-20.0, -19.9), (-5.0, 3.0), (0.0, 0.01), (10.0, 20.0), (19.99, 20.0), (-20.0, 20.0)]
 
@@ -92,3 +99,69 @@ def test_float32_finite_over_range_with_tiny_steps():
     mean = posterior_mean(z=z, x=z, logsnr=lam, logsnr_next=lam_next)
     assert torch.isfinite(mean).all()
     assert math.isfinite(float(reverse_variance(logsnr=-20.0, logsnr_next=20.0, v_interp=0.3)))
+
+
+# Host (Python float) forms against the tensor forms in float64, over λ from -20 to 20.
+HOST_LOGSNRS = [-20.0, -19.5, -12.0, -3.0, -0.5, 0.0, 0.25, 4.0, 11.0, 19.9, 20.0]
+HOST_PAIRS = [(a, b) for a in HOST_LOGSNRS for b in HOST_LOGSNRS if a < b]
+
+
+@pytest.mark.parametrize("lam", HOST_LOGSNRS)
+def test_host_alpha_sigma_and_log_sigmoid_equal_the_tensor_versions(lam):
+    alpha, sigma = alpha_sigma_host(lam)
+    a, s = _alpha_sigma64(lam)
+    assert alpha == pytest.approx(float(a), rel=1e-15, abs=0) and sigma == pytest.approx(float(s), rel=1e-15, abs=0)
+    for t in (lam, -lam):
+        assert log_sigmoid_host(t) == pytest.approx(
+            float(torch.nn.functional.logsigmoid(torch.tensor(t, dtype=torch.float64))), rel=1e-14, abs=1e-300)
+
+
+@pytest.mark.parametrize("lam, lam_next", HOST_PAIRS)
+def test_host_posterior_coefficients_equal_posterior_mean(lam, lam_next):
+    coef_z, coef_x = posterior_coefficients(logsnr=lam, logsnr_next=lam_next)
+    one = torch.ones(1, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    # μ̃ is linear in (z, x): its value at (1, 0) is coef_z and at (0, 1) coef_x
+    assert coef_z == pytest.approx(float(posterior_mean(z=one, x=zero, logsnr=lam, logsnr_next=lam_next)),
+                                   rel=1e-14, abs=0)
+    assert coef_x == pytest.approx(float(posterior_mean(z=zero, x=one, logsnr=lam, logsnr_next=lam_next)),
+                                   rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("v_interp", [0.0, 0.2, 0.3, 1.0])
+@pytest.mark.parametrize("lam, lam_next", HOST_PAIRS)
+def test_host_reverse_log_variance_and_std_equal_reverse_variance(lam, lam_next, v_interp):
+    var = reverse_variance(logsnr=torch.tensor(lam, dtype=torch.float64),
+                           logsnr_next=torch.tensor(lam_next, dtype=torch.float64), v_interp=v_interp)
+    log_var = reverse_log_variance(logsnr=lam, logsnr_next=lam_next, v_interp=v_interp)
+    assert log_var == pytest.approx(float(torch.log(var)), rel=1e-13, abs=1e-13)
+    assert reverse_std(logsnr=lam, logsnr_next=lam_next, v_interp=v_interp) == pytest.approx(
+        math.sqrt(float(var)), rel=1e-13, abs=0)
+    if v_interp == 0.0:  # v = 0 is the posterior variance σ̃²
+        assert math.exp(log_var) == pytest.approx(float(posterior_variance(
+            logsnr=torch.tensor(lam, dtype=torch.float64), logsnr_next=torch.tensor(lam_next, dtype=torch.float64))),
+            rel=1e-13, abs=0)
+
+
+def test_host_step_functions_refuse_the_wrong_direction_and_v():
+    with pytest.raises(ValueError):
+        posterior_coefficients(logsnr=1.0, logsnr_next=1.0)
+    with pytest.raises(ValueError):
+        reverse_log_variance(logsnr=2.0, logsnr_next=1.0, v_interp=0.3)
+    with pytest.raises(ValueError):
+        reverse_std(logsnr=0.0, logsnr_next=1.0, v_interp=1.5)
+
+
+def test_coefficient_forms_are_the_logsnr_forms():
+    g = torch.Generator().manual_seed(1)
+    z, eps = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    logsnr = torch.tensor([-20.0, -2.0, 0.0, 3.0, 20.0], dtype=torch.float64)
+    alpha, sigma = alpha_sigma_rows(logsnr, z)
+    assert alpha.shape == (5, 1) and alpha.dtype == z.dtype
+    x = x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
+    assert torch.equal(x, predict_x_from_eps(z=z, eps=eps, logsnr=logsnr))
+    assert torch.equal(eps_from_x(z=z, x=x, alpha=alpha, sigma=sigma), predict_eps_from_x(z=z, x=x, logsnr=logsnr))
+    assert torch.equal(z_from_x_eps(x=x, eps=eps, alpha=alpha, sigma=sigma), diffuse(x=x, eps=eps, logsnr=logsnr))
+    # with Python-float coefficients (the samplers' form): the same arithmetic as writing it out
+    a, s = alpha_sigma_host(-3.0)
+    assert torch.equal(x_from_eps(z=z, eps=eps, alpha=a, sigma=s), (z - s * eps) / a)

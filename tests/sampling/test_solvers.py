@@ -155,7 +155,8 @@ def test_sigma_interval_maps_to_logsnr():
 
 
 def test_schedule_reads_the_host_logsnr_not_the_device():
-    """Samplers attach λ as a float, so a weight schedule is looked up without reading the tensor."""
+    """Samplers pass λ as a float (``HostLogsnrEpsFn.eps_at``), so a weight schedule is looked up without reading the
+    tensor."""
     seen = []
 
     def schedule(logsnr: float) -> float:

@@ -12,7 +12,8 @@ log σ_ve = -λ/2, the same thing); the inverse interpolates λ linearly in t. O
 inverse to each other, and at λ = λ_t the timestep is t exactly. The model was trained on that range only: the
 schedule states it as ``logsnr_min = λ_{T-1}`` and ``logsnr_max = λ_0``, and λ outside it is clamped.
 
-This module is part of the math layer: it imports torch and nothing of the package or of diffusers.
+This module is part of the math layer: it imports torch and core's formulas (``cfgdiff.core.diffusion``), nothing
+of diffusers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+
+from cfgdiff.core.diffusion import alpha_sigma_rows, eps_from_x, x_from_eps
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
@@ -123,11 +126,6 @@ def logsnr_grid_from_timesteps(
     return torch.cat([logsnr, torch.tensor([end], dtype=torch.float64)])
 
 
-def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[B] -> [B, 1, ..., 1] in ``like``'s dtype, to broadcast over a [B, ...] tensor."""
-    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def eps_from_prediction(
     prediction: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
@@ -142,14 +140,11 @@ def eps_from_prediction(
     prediction = prediction.to(z.dtype)
     if prediction_type == "epsilon":
         return prediction
-    alpha2_log = torch.nn.functional.logsigmoid(logsnr.to(torch.float64))
-    sigma2_log = torch.nn.functional.logsigmoid(-logsnr.to(torch.float64))
-    alpha = _bcast(torch.exp(0.5 * alpha2_log), z)
-    sigma = _bcast(torch.exp(0.5 * sigma2_log), z)
+    alpha, sigma = alpha_sigma_rows(logsnr, z)
     if prediction_type == "v_prediction":
         return alpha * prediction + sigma * z
     if prediction_type == "sample":
-        return (z - alpha * prediction) / sigma
+        return eps_from_x(z=z, x=prediction, alpha=alpha, sigma=sigma)
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose from {', '.join(PREDICTION_TYPES)}")
 
 
@@ -157,12 +152,11 @@ def prediction_from_eps(eps: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor
     """The inverse of ``eps_from_prediction``: ε̂ → v̂ = (ε̂ - σ z)/α, or x̂ = (z - σ ε̂)/α, or ε̂ itself."""
     if prediction_type == "epsilon":
         return eps
-    alpha = _bcast(torch.exp(0.5 * torch.nn.functional.logsigmoid(logsnr.to(torch.float64))), z)
-    sigma = _bcast(torch.exp(0.5 * torch.nn.functional.logsigmoid(-logsnr.to(torch.float64))), z)
+    alpha, sigma = alpha_sigma_rows(logsnr, z)
     if prediction_type == "v_prediction":
         return (eps - sigma * z) / alpha
     if prediction_type == "sample":
-        return (z - sigma * eps) / alpha
+        return x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose from {', '.join(PREDICTION_TYPES)}")
 
 

@@ -31,12 +31,28 @@ def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """α = sqrt(sigmoid(λ)), σ = sqrt(sigmoid(-λ)); α² + σ² = 1.
 
     Computed as exp(logsigmoid(±λ)/2), so both are finite and relatively exact in float32 at λ = ±20
-    (no ``1 - something`` cancellation).
+    (no ``1 - something`` cancellation). ``alpha_sigma_host`` is the same for one λ as Python floats.
     """
     logsnr = torch.as_tensor(logsnr)
     if not logsnr.is_floating_point():
         logsnr = logsnr.to(torch.get_default_dtype())
     return torch.exp(0.5 * F.logsigmoid(logsnr)), torch.exp(0.5 * F.logsigmoid(-logsnr))
+
+
+def log_sigmoid_host(t: float) -> float:
+    """log sigmoid(t) = -log(1 + e^{-t}) on the host in float64, written for either sign so e^{±t} never overflows."""
+    return -math.log1p(math.exp(-t)) if t >= 0 else t - math.log1p(math.exp(t))
+
+
+def alpha_sigma_host(logsnr: float) -> tuple[float, float]:
+    """α = sqrt(sigmoid(λ)), σ = sqrt(sigmoid(-λ)) of one λ, as Python floats (float64): ``alpha_sigma`` on the host.
+
+    The samplers' step coefficients. sigmoid(±λ) is written with e^{-|λ|} (1/(1 + e^{-λ}) for λ >= 0,
+    e^{λ}/(1 + e^{λ}) below), so both are finite and relatively exact at λ = ±20, as in the tensor version.
+    """
+    alpha2 = 1.0 / (1.0 + math.exp(-logsnr)) if logsnr >= 0 else math.exp(logsnr) / (1.0 + math.exp(logsnr))
+    sigma2 = 1.0 / (1.0 + math.exp(logsnr)) if logsnr <= 0 else math.exp(-logsnr) / (1.0 + math.exp(-logsnr))
+    return math.sqrt(alpha2), math.sqrt(sigma2)
 
 
 def _cosine_coefficients(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:

@@ -66,7 +66,9 @@ class GaussianMixture:
 
     # -- marginals of z_λ ---------------------------------------------------------------------------------
 
-    def _params(self, z: torch.Tensor, logsnr: torch.Tensor | float):
+    def _params(
+        self, z: torch.Tensor, logsnr: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-row α, σ [B, 1] and per-component marginal means α μ_k and variances α² s_k² + σ² [B, K, D]."""
         logsnr = torch.as_tensor(logsnr, device=z.device)
         if logsnr.ndim == 0:
@@ -94,7 +96,9 @@ class GaussianMixture:
         """log p(labels | z_λ): [B], the form ``cfgdiff.guidance.classifier_guidance`` takes."""
         return self.class_log_prob(z, logsnr).gather(1, labels.long()[:, None])[:, 0]
 
-    def log_marginal(self, z: torch.Tensor, logsnr: torch.Tensor | float, labels: torch.Tensor | None = None):
+    def log_marginal(
+        self, z: torch.Tensor, logsnr: torch.Tensor | float, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log p(z_λ | c) for labels < K, log p(z_λ) for label K (or labels=None): [B]."""
         _, _, mean_k, var_k = self._params(z, logsnr)
         log_joint = self._component_log_joint(z, mean_k, var_k)  # [B, K]
@@ -128,7 +132,7 @@ class GaussianMixture:
 
     __call__ = eps
 
-    def class_log_prob_grad(self, z: torch.Tensor, logsnr: torch.Tensor | float, labels: torch.Tensor):
+    def class_log_prob_grad(self, z: torch.Tensor, logsnr: torch.Tensor | float, labels: torch.Tensor) -> torch.Tensor:
         """∇_z log p(c | z_λ) = ∇ log p(z_λ | c) - ∇ log p(z_λ), exact: [B, D]."""
         null = torch.full_like(labels, self.num_classes)
         return self.score(z, logsnr, labels) - self.score(z, logsnr, null)

@@ -43,8 +43,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cfgdiff.core.diffusion import diffuse
-from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, alpha_sigma, logsnr_grid
+from cfgdiff.core.diffusion import alpha_sigma_rows, diffuse, eps_from_x, x_from_eps, z_from_x_eps
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, logsnr_grid
 from cfgdiff.distillation.guidance import WEpsFn
 from cfgdiff.distillation.student import WRange
 
@@ -69,25 +69,18 @@ def check_halving(steps_from: int) -> int:
     return steps_from // 2
 
 
-def _coefficients(logsnr: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """α, σ of a [B] λ as [B, 1, ..., 1] in ``like``'s dtype (computed in float64)."""
-    alpha, sigma = alpha_sigma(logsnr.to(torch.float64))
-    shape = (-1, *([1] * (like.ndim - 1)))
-    return alpha.reshape(shape).to(like.dtype), sigma.reshape(shape).to(like.dtype)
-
-
 def denoise(
     teacher: WEpsFn, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
     x_bound: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ε̂, x̂) of a w-conditioned denoiser at per-row λ, x̂ = (z - σ ε̂)/α clipped to [-b, b] with ε̂ recomputed
     from it when ``x_bound`` is b (as ``cfgdiff.sampling.solvers`` does)."""
-    alpha, sigma = _coefficients(logsnr, z)  # from λ in float64, as the samplers do
+    alpha, sigma = alpha_sigma_rows(logsnr, z)  # from λ in float64, as the samplers do
     eps = teacher(z, logsnr.to(z.dtype), labels, w)  # the network sees λ in z's dtype, as in the samplers
-    x = (z - sigma * eps) / alpha
+    x = x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
     if x_bound is not None:
         x = x.clamp(-x_bound, x_bound)
-        eps = (z - alpha * x) / sigma
+        eps = eps_from_x(z=z, x=x, alpha=alpha, sigma=sigma)
     return eps, x
 
 
@@ -97,8 +90,8 @@ def ddim_step(
 ) -> torch.Tensor:
     """One DDIM (η = 0) step λ → λ' per row: z' = α' x̂ + σ' ε̂; rows with ``last`` return x̂ (the sampler's end)."""
     eps, x = denoise(eps_fn, z, logsnr, labels, w, x_bound)
-    alpha_next, sigma_next = _coefficients(logsnr_next, z)
-    z_next = alpha_next * x + sigma_next * eps
+    alpha_next, sigma_next = alpha_sigma_rows(logsnr_next, z)
+    z_next = z_from_x_eps(x=x, eps=eps, alpha=alpha_next, sigma=sigma_next)
     last = torch.as_tensor(last, device=z.device).reshape(-1, *([1] * (z.ndim - 1)))
     return torch.where(last, x, z_next)
 
@@ -119,8 +112,8 @@ def target_x(
 ) -> torch.Tensor:
     """x̃ = (z_c - (σ_c/σ_a) z_a) / (α_c - (σ_c/σ_a) α_a): the x̂ whose single DDIM step λ_a → λ_c from z_a
     lands on z_c; on rows with ``last``, ``z_c`` already is the target x̂."""
-    alpha_a, sigma_a = _coefficients(logsnr_a, z_a)
-    alpha_c, sigma_c = _coefficients(logsnr_c, z_a)
+    alpha_a, sigma_a = alpha_sigma_rows(logsnr_a, z_a)
+    alpha_c, sigma_c = alpha_sigma_rows(logsnr_c, z_a)
     half_a = torch.exp(0.5 * logsnr_a.to(torch.float64))
     half_c = torch.exp(0.5 * logsnr_c.to(torch.float64))
     shape = (-1, *([1] * (z_a.ndim - 1)))
@@ -186,8 +179,8 @@ class ProgressiveDistillationLoss:
         z_c = teacher_two_steps(self.teacher, z_a, labels, w, logsnr_a=logsnr_a, logsnr_b=logsnr_b,
                                 logsnr_c=logsnr_c, last=last, x_bound=self.x_bound)
         x_tilde = target_x(z_a, z_c, logsnr_a=logsnr_a, logsnr_c=logsnr_c, last=last)
-        alpha_a, sigma_a = _coefficients(logsnr_a, z_a)
-        return x_tilde, (z_a - alpha_a * x_tilde) / sigma_a
+        alpha_a, sigma_a = alpha_sigma_rows(logsnr_a, z_a)
+        return x_tilde, eps_from_x(z=z_a, x=x_tilde, alpha=alpha_a, sigma=sigma_a)
 
     def __call__(self, student: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
         """The Trainer's loss contract (``cfgdiff.training.losses.LossFn``): ``batch.x``, ``batch.labels``."""

@@ -23,6 +23,8 @@ from cfgdiff.guidance.base import (
     GuidanceWeight,
     GuidedEpsFn,
     GuideFn,
+    HostLogsnrEpsFn,
+    HostLogsnrPairedEpsFn,
     PairedEpsFn,
     TrajectoryEpsFn,
     WeightSchedule,
@@ -58,7 +60,8 @@ from cfgdiff.guidance.thresholding import DynamicThresholding, dynamic_threshold
 __all__ = [
     "GUIDANCE_METHODS", "AdaptiveProjectedGuidance", "Autoguidance", "CFGPlusPlus", "CFGZeroStar",
     "ClassifierFreeGuidance", "ClassifierGuidance", "DynamicThresholding", "EpsPair", "GuidanceInterval",
-    "GuidanceMethod", "GuidanceWeight", "GuidedEpsFn", "GuideFn", "LogProbFn", "PairedEpsFn", "RescaledCFG",
+    "GuidanceMethod", "GuidanceWeight", "GuidedEpsFn", "GuideFn", "HostLogsnrEpsFn", "HostLogsnrPairedEpsFn",
+    "LogProbFn", "PairedEpsFn", "RescaledCFG",
     "TrajectoryEpsFn", "WeightSchedule", "apg", "autoguidance", "cfg",
     "cfg_zero_star", "cfgpp", "check_weight", "classifier_guidance", "combine_cfg", "dynamic_thresholding",
     "eval_cond_uncond", "guidance_interval", "guidance_interval_sigma", "guidance_method", "guided_at",

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.contract import EpsFn, call_eps_fn
+from cfgdiff.core.diffusion import x_from_eps
 from cfgdiff.guidance.base import (
     TINY,
     GuidanceWeight,
@@ -17,6 +18,7 @@ from cfgdiff.guidance.base import (
     alpha_sigma_rows,
     check_finite,
     eval_cond_uncond,
+    read_logsnr_if,
     row_dims,
 )
 
@@ -71,7 +73,7 @@ class AdaptiveProjectedGuidance(GuidedEpsFn):
         """(ε̃, m_t): the formula of the class docstring, given the previous momentum m_{t-1} (None: 0)."""
         alpha, sigma = alpha_sigma_rows(logsnr, z)
         dims = row_dims(z)
-        x_cond = (z - sigma * eps_cond) / alpha
+        x_cond = x_from_eps(z=z, eps=eps_cond, alpha=alpha, sigma=sigma)
         diff = (sigma / alpha) * (eps_uncond - eps_cond)  # Δ = x̂_c - x̂_u
         if momentum is not None and self.beta != 0.0:
             diff = diff + self.beta * momentum
@@ -102,13 +104,22 @@ class _APGTrajectory:
         self.num_classes = method.num_classes
         self.momentum: torch.Tensor | None = None
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w = self.method.step_weight(logsnr)
-        if w is None:
-            return self.eps_fn(z, logsnr, labels)  # unguided: one call of B rows, momentum untouched
-        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels)
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        """ε̃ of APG with this trajectory's momentum (advanced at a guided step), λ on the host or None."""
+        w = self.method.step_weight(logsnr, host_logsnr)
+        if w is None:  # unguided: one call of B rows, momentum untouched
+            return call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
+        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
         eps, self.momentum = self.method.guide(eps_cond, eps_uncond, w, z=z, logsnr=logsnr, momentum=self.momentum)
         return eps
+
+    def eps_at(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, *,
+               host_logsnr: float) -> torch.Tensor:
+        return self.guided_eps(z, logsnr, labels, float(host_logsnr))
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.guided_eps(z, logsnr, labels, read_logsnr_if(self.method.needs_logsnr(), logsnr))
 
 
 def apg(eps_fn: EpsFn, w: GuidanceWeight, *, eta: float = RECOMMENDED_ETA, r: float = RECOMMENDED_R,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.contract import EpsFn, call_eps_fn
 from cfgdiff.guidance.base import GuidanceWeight, GuidedEpsFn
 
 
@@ -35,12 +35,13 @@ class Autoguidance(GuidedEpsFn):
     def params(self) -> dict[str, Any]:
         return {"guide": type(self.guide).__name__}
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w = self.step_weight(logsnr)
-        eps_main = self.eps_fn(z, logsnr, labels)  # B rows of the main model
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        w = self.step_weight(logsnr, host_logsnr)
+        eps_main = call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)  # B rows of the main model
         if w is None:
             return eps_main
-        eps_guide = self.guide(z, logsnr, labels)  # B rows of the guide
+        eps_guide = call_eps_fn(self.guide, z, logsnr, labels, host_logsnr=host_logsnr)  # B rows of the guide
         return eps_main + w * (eps_main - eps_guide)
 
 

@@ -10,12 +10,11 @@ from typing import Any
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.contract import EpsFn, call_eps_fn, step_logsnr
 from cfgdiff.guidance.base import (
     TINY,
     GuidanceWeight,
     GuidedEpsFn,
-    _row_logsnr,
     alpha_sigma_rows,
     eval_cond_uncond,
     row_dims,
@@ -67,18 +66,22 @@ class CFGZeroStar(GuidedEpsFn):
         trajectory.zero_init_below = grid[self.zero_init_steps] if self.zero_init_steps < len(grid) else math.inf
         return trajectory
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w = self.step_weight(logsnr)
+    def needs_logsnr(self) -> bool:
+        return callable(self.w) or (self.zero_init_steps > 0 and self.zero_init_below is not None)
+
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        w = self.step_weight(logsnr, host_logsnr)
         if w is None:
-            return self.eps_fn(z, logsnr, labels)  # unguided: one call of B rows
+            return call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)  # unguided: B rows
         if self.zero_init_steps > 0:
             if self.zero_init_below is None:
                 raise RuntimeError("CFG-Zero* zero-init counts steps of a trajectory: sample through a cfgdiff "
                                    "sampler, or call start_trajectory(logsnrs) first (or pass zero_init_steps=0)")
-            if _row_logsnr(logsnr) < self.zero_init_below:
+            if step_logsnr(logsnr, host_logsnr) < self.zero_init_below:
                 alpha, sigma = alpha_sigma_rows(logsnr, z)
                 return z / (alpha + sigma)  # v = 0: ε̂ = x̂ = z/(α + σ), no network call
-        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels)
+        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
         return self.combine(eps_cond, eps_uncond, w, z=z, logsnr=logsnr)
 
     def combine(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float, *, z: torch.Tensor,

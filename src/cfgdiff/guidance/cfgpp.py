@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
-from cfgdiff.guidance.base import EpsPair, GuidanceWeight, GuidedEpsFn, eval_cond_uncond
+from cfgdiff.core.contract import EpsFn, call_eps_fn
+from cfgdiff.guidance.base import EpsPair, GuidanceWeight, GuidedEpsFn, eval_cond_uncond, read_logsnr_if
 
 
 class CFGPlusPlus(GuidedEpsFn):
@@ -42,18 +42,29 @@ class CFGPlusPlus(GuidedEpsFn):
             raise ValueError(f"CFG++ takes w >= -1 (its lambda = w + 1 >= 0; the paper's range is w in [-1, 0]), "
                              f"got {w:g}")
 
-    def eps_pair(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> EpsPair:
+    def guided_pair(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                    host_logsnr: float | None) -> EpsPair:
         """(ε̂_x, ε̂_renoise): (ε_u + λ_cfg (ε_c - ε_u), ε_u) in one call of 2B rows; (ε_c, ε_c) where unguided."""
-        w = self.step_weight(logsnr)
-        if w is None:
-            eps = self.eps_fn(z, logsnr, labels)  # outside a guidance interval: the conditional step, B rows
+        w = self.step_weight(logsnr, host_logsnr)
+        if w is None:  # outside a guidance interval: the conditional step, B rows
+            eps = call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
             return EpsPair(eps, eps)
-        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels)
+        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
         lam_cfg = 1.0 + w
         return EpsPair(eps_uncond + lam_cfg * (eps_cond - eps_uncond), eps_uncond)
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.eps_pair(z, logsnr, labels).eps_x
+    def eps_pair(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> EpsPair:
+        """The pair, reading λ from the tensor once where a weight schedule needs it."""
+        return self.guided_pair(z, logsnr, labels, read_logsnr_if(self.needs_logsnr(), logsnr))
+
+    def eps_pair_at(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, *,
+                    host_logsnr: float) -> EpsPair:
+        """The pair told the step's λ as a Python float (``HostLogsnrPairedEpsFn``)."""
+        return self.guided_pair(z, logsnr, labels, float(host_logsnr))
+
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        return self.guided_pair(z, logsnr, labels, host_logsnr).eps_x
 
 
 def cfgpp(eps_fn: EpsFn, w: GuidanceWeight) -> CFGPlusPlus:

@@ -6,21 +6,21 @@ from collections.abc import Callable
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.contract import EpsFn, call_eps_fn, step_logsnr
 from cfgdiff.guidance.base import (
     GuidanceWeight,
-    _row_logsnr,
     alpha_sigma_rows,
     check_weight,
     eval_cond_uncond,
     guided_at,
+    read_logsnr_if,
     weight_at,
 )
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _grad_log_prob(log_prob_fn: LogProbFn, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor):
+def _grad_log_prob(log_prob_fn: LogProbFn, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """∇_z log p(labels | z_λ), computed with autograd even under ``torch.inference_mode``."""
     with torch.inference_mode(False), torch.enable_grad():
         z_in = z.detach().clone().requires_grad_(True)
@@ -44,13 +44,15 @@ class ClassifierGuidance:
         self.w = check_weight(w)
         self.num_classes = eps_fn.num_classes
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        """ε̃ with the step's λ on the host (or None: read from the tensor where a schedule needs it)."""
         if callable(self.w):
-            lam = _row_logsnr(logsnr)
+            lam = step_logsnr(logsnr, host_logsnr)
             w = weight_at(self.w, lam) if guided_at(self.w, lam) else 0.0
         else:
             w = self.w
-        eps = self.eps_fn(z, logsnr, labels)
+        eps = call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
         if w == 0.0:
             return eps
         is_cond = labels < self.num_classes
@@ -58,6 +60,13 @@ class ClassifierGuidance:
         _, sigma = alpha_sigma_rows(logsnr, z)
         grad = grad * is_cond.reshape(-1, *([1] * (z.ndim - 1)))
         return eps - w * sigma * grad
+
+    def eps_at(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, *,
+               host_logsnr: float) -> torch.Tensor:
+        return self.guided_eps(z, logsnr, labels, float(host_logsnr))
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.guided_eps(z, logsnr, labels, read_logsnr_if(callable(self.w), logsnr))
 
 
 def classifier_guidance(eps_fn: EpsFn, log_prob_fn: LogProbFn, w: GuidanceWeight) -> ClassifierGuidance:

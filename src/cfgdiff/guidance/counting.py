@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from cfgdiff.core.contract import call_eps_fn
+
 RowFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -35,11 +37,20 @@ class CountingEpsFn:
         self.rows = 0
         self.batch_sizes: list[int] = []
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _count(self, z: torch.Tensor) -> None:
         self.calls += 1
         self.rows += z.shape[0]
         self.batch_sizes.append(int(z.shape[0]))
+
+    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._count(z)
         return self.eps_fn(z, logsnr, labels)
+
+    def eps_at(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor, *,
+               host_logsnr: float) -> torch.Tensor:
+        """The same call told the step's λ on the host, passed on to what it counts (``core.contract``)."""
+        self._count(z)
+        return call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)  # type: ignore[arg-type]
 
     def reset(self) -> None:
         self.calls = 0

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.diffusion import x_from_eps
 from cfgdiff.guidance.base import (
     TINY,
     GuidanceWeight,
@@ -51,8 +52,8 @@ class RescaledCFG(GuidedEpsFn):
                 logsnr: torch.Tensor) -> torch.Tensor:
         eps = combine_cfg(eps_cond, eps_uncond, w)
         alpha, sigma = alpha_sigma_rows(logsnr, z)
-        x_cond = (z - sigma * eps_cond) / alpha
-        x_cfg = (z - sigma * eps) / alpha
+        x_cond = x_from_eps(z=z, eps=eps_cond, alpha=alpha, sigma=sigma)
+        x_cfg = x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
         dims = row_dims(z)
         std_cond = x_cond.std(dim=dims, keepdim=True, correction=0)
         std_cfg = x_cfg.std(dim=dims, keepdim=True, correction=0).clamp_min(TINY)

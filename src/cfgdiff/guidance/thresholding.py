@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.contract import EpsFn, call_eps_fn
+from cfgdiff.core.diffusion import x_from_eps
 from cfgdiff.guidance.base import (
     GuidanceWeight,
     GuidedEpsFn,
@@ -53,7 +54,7 @@ class DynamicThresholding(GuidedEpsFn):
     def threshold(self, eps: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
         """ε whose x̂ is dynamically thresholded (the formula in the class docstring)."""
         alpha, sigma = alpha_sigma_rows(logsnr, z)
-        x = (z - sigma * eps) / alpha
+        x = x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
         flat = x.abs().flatten(1)
         s = torch.quantile(flat.to(torch.float64), self.percentile / 100.0, dim=1).clamp_min(self.bound)
         s = s.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
@@ -64,13 +65,14 @@ class DynamicThresholding(GuidedEpsFn):
                 logsnr: torch.Tensor) -> torch.Tensor:
         return self.threshold(combine_cfg(eps_cond, eps_uncond, w), z, logsnr)
 
-    def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w = self.step_weight(logsnr)
-        if w is None:
-            return self.eps_fn(z, logsnr, labels)  # outside the interval: plain conditional, B rows
-        if w == 0.0:
-            return self.threshold(self.eps_fn(z, logsnr, labels), z, logsnr)  # B rows
-        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels)  # 2B rows
+    def guided_eps(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor,
+                   host_logsnr: float | None) -> torch.Tensor:
+        w = self.step_weight(logsnr, host_logsnr)
+        if w is None:  # outside the interval: plain conditional, B rows
+            return call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)
+        if w == 0.0:  # B rows
+            return self.threshold(call_eps_fn(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr), z, logsnr)
+        eps_cond, eps_uncond = eval_cond_uncond(self.eps_fn, z, logsnr, labels, host_logsnr=host_logsnr)  # 2B rows
         return self.combine(eps_cond, eps_uncond, w, z=z, logsnr=logsnr)
 
 

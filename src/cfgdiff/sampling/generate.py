@@ -113,7 +113,7 @@ def prepare_eps_fn(
     if channels_last:
         if not isinstance(eps_fn, torch.nn.Module):
             raise ValueError("channels_last needs an nn.Module network")
-        eps_fn.to(memory_format=torch.channels_last)
+        eps_fn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs: no memory_format
     if compile_network:
         if not isinstance(eps_fn, torch.nn.Module):
             raise ValueError("compile_network needs an nn.Module network")

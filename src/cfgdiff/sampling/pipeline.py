@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -117,7 +117,7 @@ class GuidedRun:
         self._guide: GuideFn | None = None
         if guide is not None:
             self._guide = guide
-            self._network = self.counter.wrap(self._prepare(model))  # type: ignore[arg-type]
+            self._network = self.counter.wrap(self._prepare(cast(EpsFn, model)))
         elif self.spec is not None:
             counted = dict(self.params)
             for name in self.spec.networks:
@@ -125,7 +125,7 @@ class GuidedRun:
             for name in self.spec.classifiers:
                 counted[name] = self.counter.wrap(counted[name], "classifier")
             self._guide = make_guide(method, **counted)
-            self._network = self.counter.wrap(self._prepare(model))  # prepared (and compiled) once
+            self._network = self.counter.wrap(self._prepare(cast(EpsFn, model)))  # prepared (and compiled) once
 
     @classmethod
     def from_options(cls, model: EpsFn | WConditionedEpsFn, *, sampler: str = "ancestral", steps: int = 128,
@@ -175,14 +175,14 @@ class GuidedRun:
         the one-process order, bit for bit (``cfgdiff.sampling.sharded``); the other ranks yield nothing."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         check_labels(labels, self.num_classes, allow_null=True)
-        sharded = dist is not None and dist.enabled
-        shard = (dist.rank, dist.world_size) if sharded else (0, 1)
+        group = dist if dist is not None and dist.enabled else None
+        shard = (group.rank, group.world_size) if group is not None else (0, 1)
         chunks = iter_chunks(self.eps_fn_at(w), labels, sampler=self.sampler, steps=self.steps,
                              batch_size=self.batch_size, seed=_run_seed(seed, generator, shard),
                              data_shape=self.data_shape, device=self.device, dtype=self.dtype, decode=self.decode,
                              shard=shard, **self.sampler_options)
-        if sharded:
-            yield from gather_chunks(chunks, num_chunks=math.ceil(len(labels) / self.batch_size), dist=dist)
+        if group is not None:
+            yield from gather_chunks(chunks, num_chunks=math.ceil(len(labels) / self.batch_size), dist=group)
         else:
             yield from chunks
 

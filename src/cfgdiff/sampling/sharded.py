@@ -3,16 +3,17 @@
     torchrun --nproc_per_node N -m cfgdiff sample RUN_DIR ...
     torchrun --nproc_per_node N -m cfgdiff eval RUN_DIR ...
 
-What is split: the chunks of ``cfgdiff.sampling.generate.iter_samples``. One process samples its N labels in chunks of
-``batch_size`` rows, chunk j holding samples [j·B, (j+1)·B). With W processes, rank r samples the chunks
-j ≡ r (mod W) (a strided split of whole chunks: round k runs chunks kW, ..., kW + W - 1 side by side). A chunk
-keeps its rows, its batch shape and its per-sample noise streams (``sample_seed(seed, i)``), so it is the
-one-process chunk bit for bit: the same kernels run on the same shapes. After each round rank 0 gathers the W
-chunks (a padded ``torch.distributed.gather`` of tensors, nothing pickled) and yields them in order, so rank 0
-sees exactly the one-process chunks in the one-process order, and whatever consumes them (the grid and .npz of
-``cfgdiff sample``; FID, IS, their bootstrap spreads, memorisation and the 2-D metrics of ``cfgdiff eval``)
-computes the one-process result, once, on rank 0. The other ranks yield nothing: they sample, send, and neither
-write nor print. Rank 0 holds one round (W chunks) at a time, so memory stays flat in N as in one process.
+What is split: the chunks of a guided run (``cfgdiff.sampling.pipeline.GuidedRun.iter_samples``, over the one chunk
+loop ``cfgdiff.sampling.generate.iter_chunks``). One process samples its N labels in chunks of ``batch_size`` rows,
+chunk j holding samples [j·B, (j+1)·B). With W processes, rank r samples the chunks j ≡ r (mod W) (a strided split
+of whole chunks: round k runs chunks kW, ..., kW + W - 1 side by side). A chunk keeps its rows, its batch shape and
+its per-sample noise streams (``sample_seed(seed, i)``), so it is the one-process chunk bit for bit: the same
+kernels run on the same shapes. After each round rank 0 gathers the W chunks (a padded ``torch.distributed.gather``
+of tensors, nothing pickled) and yields them in order, so rank 0 sees exactly the one-process chunks in the
+one-process order (``gather_chunks``), and whatever consumes them (the grid and .npz of ``cfgdiff sample``; FID,
+IS, their bootstrap spreads, memorisation and the 2-D metrics of ``cfgdiff eval``) computes the one-process result,
+once, on rank 0. The other ranks yield nothing: they sample, send, and neither write nor print. Rank 0 holds one
+round (W chunks) at a time, so memory stays flat in N as in one process.
 
 A rank runs whole chunks: with fewer chunks than processes (N < W·B) some ranks idle; a smaller ``batch_size``
 spreads the work (the samples do not depend on it).
@@ -21,19 +22,15 @@ spreads the work (the samples do not depend on it).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeGuard, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 
-from cfgdiff.core.contract import EpsFn
 from cfgdiff.runtime.distributed import DistContext, init_distributed, local_device
-from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, generate_samples, iter_samples
 
-__all__ = ["gather_chunks", "generate_samples_sharded", "init_sampling", "iter_samples_sharded", "main_only",
-           "sampling_group", "sum_over_ranks"]
+__all__ = ["gather_chunks", "init_sampling", "main_only", "sampling_group", "sum_over_ranks"]
 
 T = TypeVar("T")
 
@@ -59,7 +56,7 @@ def sampling_group(device: str) -> Iterator[tuple[DistContext, str]]:
         dist.shutdown()
 
 
-def _sharded(dist: DistContext | None) -> bool:
+def _sharded(dist: DistContext | None) -> TypeGuard[DistContext]:
     return dist is not None and dist.enabled
 
 
@@ -131,7 +128,7 @@ def _gather_to_main(chunk: torch.Tensor | None, dist: DistContext) -> list[torch
         padded[:chunk.shape[0]] = chunk.to(device)
     gathered = [torch.empty_like(padded) for _ in range(dist.world_size)] if dist.is_main else None
     torch_dist.gather(padded, gathered, dst=0)
-    if not dist.is_main:
+    if gathered is None:  # not rank 0: it only sends
         return []
     return [part[:int(h[2])].cpu() if h[0] >= 0 else None for part, h in zip(gathered, headers, strict=True)]
 
@@ -145,43 +142,3 @@ def gather_chunks(local: Iterator[torch.Tensor], *, num_chunks: int, dist: DistC
         for part in _gather_to_main(mine, dist):
             if part is not None:
                 yield part
-
-
-def iter_samples_sharded(
-    eps_fn: EpsFn,
-    labels: torch.Tensor,
-    *,
-    dist: DistContext | None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    **kwargs: Any,
-) -> Iterator[torch.Tensor]:
-    """``cfgdiff.sampling.generate.iter_samples`` split across the ranks of ``dist`` (see the module docstring): rank 0
-    yields the one-process chunks in the one-process order, the other ranks sample their chunks, send them to
-    rank 0 and yield nothing. ``dist`` None or of one process: ``iter_samples`` itself. Takes ``iter_samples``'s
-    keyword arguments; a ``seed`` is required across ranks."""
-    if not _sharded(dist):
-        yield from iter_samples(eps_fn, labels, batch_size=batch_size, **kwargs)
-        return
-    local = iter_samples(eps_fn, labels, batch_size=batch_size, shard=(dist.rank, dist.world_size), **kwargs)
-    yield from gather_chunks(local, num_chunks=math.ceil(len(labels) / batch_size), dist=dist)
-
-
-def generate_samples_sharded(
-    eps_fn: EpsFn,
-    labels: torch.Tensor,
-    *,
-    dist: DistContext | None,
-    on_chunk: Callable[[int], None] | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """``cfgdiff.sampling.generate.generate_samples`` split across the ranks of ``dist``: on rank 0 all N samples
-    [N, *data_shape], the one-process tensor bit for bit; on the other ranks an empty tensor (their samples went
-    to rank 0). ``on_chunk(rows)`` is called on rank 0 after each gathered chunk."""
-    if not _sharded(dist):
-        return generate_samples(eps_fn, labels, on_chunk=on_chunk, **kwargs)
-    out = []
-    for x in iter_samples_sharded(eps_fn, labels, dist=dist, **kwargs):
-        out.append(x)
-        if on_chunk is not None:
-            on_chunk(x.shape[0])
-    return torch.cat(out) if out else torch.empty(0)

@@ -11,22 +11,27 @@ in float64, and memory does not grow with the number of steps.
 
 Notation map: step i goes from λ = grid[i] to λ' = grid[i+1] > λ; α, σ belong to λ and α', σ' to λ'.
 DPM-Solver's time is half our log-SNR, so its step is h = (λ' - λ)/2; EDM's noise level is the
-variance-exploding σ_ve = e^{-λ/2} = σ/α with x_ve = z/α. No sampler reads anything back from the device
-inside its loop: the step's λ reaches the eps_fn as a tensor that also carries it as a Python float
-(attribute ``host_logsnr``), so a guidance schedule needs no device read either.
+variance-exploding σ_ve = e^{-λ/2} = σ/α with x_ve = z/α. The formulas are core's: α, σ from
+``core.schedule.alpha_sigma_host``, x̂ = (z - σ ε̂)/α from ``core.diffusion.x_from_eps``, the ancestral step from
+``core.diffusion.posterior_coefficients`` and ``reverse_std``; only the solvers' own coefficients (DPM-Solver++'s
+φ, Heun's correction) are written here. No sampler reads anything back from the device inside its loop.
 
-Guidance that needs the sampler's cooperation uses two optional methods of the eps_fn, which every sampler here
-honours in one place, ``_Denoiser`` (the full contract is in ``cfgdiff.guidance.base``); an eps_fn without them
-is sampled exactly as before:
+What a sampler hands the eps_fn is the contract of ``cfgdiff.core.contract``, in its types, in one place
+(``_Denoiser``): ``z``, the step's λ as a [B] tensor, the labels, and, for an eps_fn that takes it
+(``HostLogsnrEpsFn``: every guidance wrapper), the same λ as a Python float through ``eps_at(..., host_logsnr=λ)``,
+so a guidance schedule at any depth of wrapping needs no device read. A plain network is called as
+``eps_fn(z, logsnr, labels)``. Guidance that needs more of the sampler's cooperation implements the contract's
+other Protocols, found with ``isinstance`` (the full contract is in ``cfgdiff.guidance.base``); an eps_fn
+without them is sampled exactly as before:
 
-* ``start_trajectory(logsnrs)``: called once per sampler call, before the first step, with the λ grid; the
-  returned eps_fn is used for this batch of trajectories only (per-trajectory state: APG momentum, CFG-Zero*
-  zero-init), so nothing carries over between calls.
-* ``eps_pair(z, logsnr, labels) -> (ε̂_x, ε̂_renoise)``: step towards x̂ = (z - σ ε̂_x)/α and re-noise with ε̂_renoise
-  (CFG++). Every sampler then continues from z_eff = α x̂ + σ ε̂_renoise = z + σ (ε̂_renoise - ε̂_x) in place of z:
-  DDIM's z' = α' x̂ + σ' ε̂_renoise, the ancestral posterior mean and the DPM-Solver++ steps from z_eff, Heun from the
-  z_eff of each of its two evaluations. Multistep histories hold x̂; the stochastic samplers add their noise
-  after the step, as usual.
+* ``TrajectoryEpsFn.start_trajectory(logsnrs)``: called once per sampler call, before the first step, with the λ
+  grid; the returned eps_fn is used for this batch of trajectories only (per-trajectory state: APG momentum,
+  CFG-Zero* zero-init), so nothing carries over between calls.
+* ``PairedEpsFn.eps_pair(z, logsnr, labels) -> (ε̂_x, ε̂_renoise)`` (``eps_pair_at`` with the host λ): step towards x̂
+  = (z - σ ε̂_x)/α and re-noise with ε̂_renoise (CFG++). Every sampler then continues from z_eff = α x̂ + σ ε̂_renoise
+  = z + σ (ε̂_renoise - ε̂_x) in place of z: DDIM's z' = α' x̂ + σ' ε̂_renoise, the ancestral posterior mean and the
+  DPM-Solver++ steps from z_eff, Heun from the z_eff of each of its two evaluations. Multistep histories hold x̂; the
+  stochastic samplers add their noise after the step, as usual.
 """
 
 from __future__ import annotations
@@ -36,19 +41,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from cfgdiff.core.contract import EpsFn
-from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, GridKind, logsnr_grid
+from cfgdiff.core.contract import EpsFn, PairedEpsFn, TrajectoryEpsFn, call_eps_fn, call_eps_pair
+from cfgdiff.core.diffusion import eps_from_x, posterior_coefficients, reverse_std, x_from_eps, z_from_x_eps
+from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, GridKind, alpha_sigma_host, logsnr_grid
 
 StepCallback = Callable[[int, float], None]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 EDM_LOGSNR_MIN = -2.0 * math.log(80.0)  # EDM's σ_max = 80 as a log-SNR: the Heun sampler's default start
-
-
-def _alpha_sigma_f(logsnr: float) -> tuple[float, float]:
-    """Host-side α, σ in float64 (stable: sqrt of sigmoid written with exp of -|λ|)."""
-    alpha2 = 1.0 / (1.0 + math.exp(-logsnr)) if logsnr >= 0 else math.exp(logsnr) / (1.0 + math.exp(logsnr))
-    sigma2 = 1.0 / (1.0 + math.exp(logsnr)) if logsnr <= 0 else math.exp(-logsnr) / (1.0 + math.exp(-logsnr))
-    return math.sqrt(alpha2), math.sqrt(sigma2)
 
 
 def _resolve_grid(
@@ -126,15 +125,17 @@ def _x_bound(clip_x: bool | float) -> float | None:
 class _Denoiser:
     """Calls the eps_fn at one λ for every row and forms x̂ = (z - σ ε̂)/α, optionally clipped to [-b, b].
 
-    Starts the eps_fn's trajectory (``start_trajectory(logsnrs)``) once, and honours ``eps_pair`` (the module
-    docstring); returns the point z the sampler continues from, which for a plain eps_fn is the z it was given.
+    Starts a ``TrajectoryEpsFn``'s trajectory once, passes the step's λ on the host to a ``HostLogsnrEpsFn``, and
+    honours a ``PairedEpsFn`` (the module docstring); returns the point z the sampler continues from, which for a
+    plain eps_fn is the z it was given.
     """
 
     def __init__(self, eps_fn: EpsFn, labels: torch.Tensor, z: torch.Tensor, clip_x: bool | float,
                  logsnrs: Sequence[float]) -> None:
-        start = getattr(eps_fn, "start_trajectory", None)
-        self.eps_fn = start(list(logsnrs)) if start is not None else eps_fn  # this batch's own state, if any
-        self.eps_pair = getattr(self.eps_fn, "eps_pair", None)
+        if isinstance(eps_fn, TrajectoryEpsFn):
+            eps_fn = eps_fn.start_trajectory(list(logsnrs))  # this batch's own state
+        self.eps_fn = eps_fn
+        self.eps_pair: PairedEpsFn | None = eps_fn if isinstance(eps_fn, PairedEpsFn) else None
         self.labels = labels.to(z.device)
         self.logsnr_row = torch.empty(z.shape[0], device=z.device, dtype=z.dtype)
         self.x_bound = _x_bound(clip_x)
@@ -143,19 +144,18 @@ class _Denoiser:
         """(ε̂, x̂, z) at λ. For a plain eps_fn z is returned as given; for an ``eps_pair`` it is
         z_eff = z + σ (ε̂_renoise - ε̂_x) and ε̂ = ε̂_renoise. When x̂ is clipped, ε̂ = (z - α x̂)/σ is recomputed from
         it, so the three stay consistent (z = α x̂ + σ ε̂)."""
-        alpha, sigma = _alpha_sigma_f(logsnr)
+        alpha, sigma = alpha_sigma_host(logsnr)
         self.logsnr_row.fill_(logsnr)
-        self.logsnr_row.host_logsnr = logsnr  # the same λ as a Python float: schedules need no device read
         if self.eps_pair is None:
-            eps = self.eps_fn(z, self.logsnr_row, self.labels)
-            x = (z - sigma * eps) / alpha
+            eps = call_eps_fn(self.eps_fn, z, self.logsnr_row, self.labels, host_logsnr=logsnr)
+            x = x_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
         else:
-            eps_x, eps = self.eps_pair(z, self.logsnr_row, self.labels)
-            x = (z - sigma * eps_x) / alpha
+            eps_x, eps = call_eps_pair(self.eps_pair, z, self.logsnr_row, self.labels, host_logsnr=logsnr)
+            x = x_from_eps(z=z, eps=eps_x, alpha=alpha, sigma=sigma)
             z = z + sigma * (eps - eps_x)  # z_eff = α x̂ + σ ε̂_renoise
         if self.x_bound is not None:
             x = x.clamp(-self.x_bound, self.x_bound)
-            eps = (z - alpha * x) / sigma
+            eps = eps_from_x(z=z, x=x, alpha=alpha, sigma=sigma)
         return eps, x, z
 
 
@@ -203,23 +203,10 @@ def sample_ancestral(
                 callback(i, logsnr)
             if i == last:
                 return x
-            alpha, _ = _alpha_sigma_f(logsnr)
-            alpha_next, _ = _alpha_sigma_f(logsnr_next)
-            one_minus_ratio = -math.expm1(logsnr - logsnr_next)  # 1 - e^{λ-λ'}
-            coef_z = math.exp(logsnr - logsnr_next) * alpha_next / alpha
-            coef_x = one_minus_ratio * alpha_next
-            log_var = (
-                math.log(one_minus_ratio)
-                + (1.0 - v_interp) * _log_sigmoid(-logsnr_next)
-                + v_interp * _log_sigmoid(-logsnr)
-            )
-            z = coef_z * z + coef_x * x + math.exp(0.5 * log_var) * noise.randn(z.shape, z.device, z.dtype)
+            coef_z, coef_x = posterior_coefficients(logsnr=logsnr, logsnr_next=logsnr_next)  # μ̃ = coef_z z + coef_x x̂
+            std = reverse_std(logsnr=logsnr, logsnr_next=logsnr_next, v_interp=v_interp)
+            z = coef_z * z + coef_x * x + std * noise.randn(z.shape, z.device, z.dtype)
     raise AssertionError("unreachable")
-
-
-def _log_sigmoid(t: float) -> float:
-    """log sigmoid(t) = -log(1 + e^{-t}), stable for either sign."""
-    return -math.log1p(math.exp(-t)) if t >= 0 else t - math.log1p(math.exp(t))
 
 
 def sample_ddim(
@@ -254,14 +241,14 @@ def sample_ddim(
                 callback(i, logsnr)
             if i == len(logsnrs) - 2:
                 return x
-            alpha_next, sigma_next = _alpha_sigma_f(logsnr_next)
-            z = alpha_next * x + sigma_next * eps
+            alpha_next, sigma_next = alpha_sigma_host(logsnr_next)
+            z = z_from_x_eps(x=x, eps=eps, alpha=alpha_next, sigma=sigma_next)  # z' = α' x̂ + σ' ε̂
     raise AssertionError("unreachable")
 
 
 def _finish(z: torch.Tensor, logsnr_max: float, x_bound: float | None) -> torch.Tensor:
     """x = z/α at the data end (σ = e^{-10} at λ = 20), clipped to the data range if x̂ was."""
-    alpha, _ = _alpha_sigma_f(logsnr_max)
+    alpha, _ = alpha_sigma_host(logsnr_max)
     x = z / alpha
     return x.clamp(-x_bound, x_bound) if x_bound is not None else x
 
@@ -311,8 +298,8 @@ def _dpmpp_multistep(
             _, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
-            _, sigma = _alpha_sigma_f(logsnr)
-            alpha_next, sigma_next = _alpha_sigma_f(logsnr_next)
+            _, sigma = alpha_sigma_host(logsnr)
+            alpha_next, sigma_next = alpha_sigma_host(logsnr_next)
             h = 0.5 * (logsnr_next - logsnr)
             eta_i = 0.0 if i == last else eta  # the last step is deterministic
             h_eta = (1.0 + eta_i) * h
@@ -465,9 +452,10 @@ def sample_heun(
             eps, x, z = denoise(z, logsnr)
             if callback is not None:
                 callback(i, logsnr)
-            alpha, sigma = _alpha_sigma_f(logsnr)
-            alpha_next, sigma_next = _alpha_sigma_f(logsnr_next)
-            z_euler = (alpha_next * x).add_(eps, alpha=sigma_next)  # α' x̂ + σ' ε̂
+            alpha, sigma = alpha_sigma_host(logsnr)
+            alpha_next, sigma_next = alpha_sigma_host(logsnr_next)
+            # z_from_x_eps (α' x̂ + σ' ε̂) written in place: add_(alpha=) rounds unlike a + s*b (1e-7..4e-5 apart)
+            z_euler = (alpha_next * x).add_(eps, alpha=sigma_next)
             if i == last:
                 z = z_euler
                 break
