@@ -10,6 +10,7 @@ from cfgdiff.core.diffusion import (
     diffuse,
     eps_from_x,
     forward_transition,
+    logsnr_from_sigma_ve,
     posterior_coefficients,
     posterior_mean,
     posterior_variance,
@@ -18,6 +19,7 @@ from cfgdiff.core.diffusion import (
     reverse_log_variance,
     reverse_std,
     reverse_variance,
+    sigma_ve_from_logsnr,
     x_from_eps,
     z_from_x_eps,
 )
@@ -165,3 +167,20 @@ def test_coefficient_forms_are_the_logsnr_forms():
     # with Python-float coefficients (the samplers' form): the same arithmetic as writing it out
     a, s = alpha_sigma_host(-3.0)
     assert torch.equal(x_from_eps(z=z, eps=eps, alpha=a, sigma=s), (z - s * eps) / a)
+
+
+def test_sigma_ve_and_logsnr_round_trip_on_the_host_and_in_tensors():
+    """σ_ve = e^{-λ/2} = σ/α and λ = -2 log σ_ve: inverse maps, the host float equal to the float64 tensor value."""
+    logsnr = torch.linspace(-20.0, 20.0, 81, dtype=torch.float64)
+    sigma_ve = sigma_ve_from_logsnr(logsnr)
+    alpha, sigma = alpha_sigma(logsnr)
+    torch.testing.assert_close(sigma_ve, sigma / alpha, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logsnr_from_sigma_ve(sigma_ve), logsnr, rtol=0, atol=1e-12)
+    for lam in logsnr.tolist():
+        assert sigma_ve_from_logsnr(lam) == pytest.approx(float(sigma_ve_from_logsnr(torch.tensor(lam,
+                                                                      dtype=torch.float64))), rel=1e-15)
+        assert logsnr_from_sigma_ve(sigma_ve_from_logsnr(lam)) == pytest.approx(lam, abs=1e-12)
+    assert logsnr_from_sigma_ve(math.inf) == -math.inf
+    with pytest.raises(ValueError, match="positive"):
+        logsnr_from_sigma_ve(0.0)
+

@@ -128,6 +128,8 @@ def test_from_options_splits_run_and_sampler_options(mixture):
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"method": "nope"}, "unknown guidance"),
     ({"guide": make_guide("cfg"), "params": {"phi": 0.1}}, "give guide or params"),
+    ({"method": "classifier"}, "needs log_prob_fn"),
+    ({"method": "auto"}, "needs guide"),
 ])
 def test_bad_runs_are_refused_in_one_line(mixture, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 
 from cfgdiff.core.contract import EpsFn
+from cfgdiff.core.diffusion import logsnr_from_sigma_ve, sigma_ve_from_logsnr
+from cfgdiff.core.schedule import alpha_sigma
 
 LABEL_KEY = "class_cond"
 KDIFFUSION_INSTALL = "pip install --no-deps k-diffusion torchdiffeq torchsde trampoline"
@@ -41,16 +43,6 @@ def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if values.ndim == 0:
         values = values.expand(like.shape[0])
     return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def logsnr_from_sigma_ve(sigma: torch.Tensor) -> torch.Tensor:
-    """λ = -2 log σ_ve."""
-    return -2.0 * torch.log(sigma)
-
-
-def sigma_ve_from_logsnr(logsnr: torch.Tensor) -> torch.Tensor:
-    """σ_ve = e^{-λ/2}."""
-    return torch.exp(-0.5 * logsnr)
 
 
 class KDiffusionDenoiser(torch.nn.Module):
@@ -100,7 +92,7 @@ class EpsFnFromDenoiser:
     def __call__(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logsnr64 = logsnr.reshape(-1).to(torch.float64)
         sigma = sigma_ve_from_logsnr(logsnr64)  # [B]
-        alpha = torch.exp(0.5 * torch.nn.functional.logsigmoid(logsnr64))  # α = sqrt(sigmoid(λ))
+        alpha, _ = alpha_sigma(logsnr64)  # α = sqrt(sigmoid(λ))
         x = z / _bcast(alpha, z)
         denoised = self.denoiser(x, sigma.to(z.dtype), **{**self.extra, self.label_key: labels})
         return ((x - denoised.to(z.dtype)) / _bcast(sigma, z)).to(z.dtype)

@@ -21,9 +21,6 @@ import torch
 
 from cfgdiff.cli.arguments import UsageError, nonnegative_int
 
-# guidance methods that never evaluate the null label (the others need a model trained with one)
-NO_NULL_METHODS = frozenset({"classifier", "auto"})
-
 
 def class_list(text: str) -> list[str]:
     """Comma-separated class indices or names, e.g. ``0,3`` or ``goldfish,tabby``."""
@@ -96,7 +93,9 @@ class ModelSource:
 
     def check_guidance(self, ws: Sequence[float], method: str | None = "cfg") -> None:
         """Refuse classifier-free guidance (any w != 0) for a model that has no null label."""
-        if self.has_null_label or (method or "cfg") in NO_NULL_METHODS or all(float(w) == 0.0 for w in ws):
+        from cfgdiff.guidance import uses_null_label
+
+        if self.has_null_label or not uses_null_label(method or "cfg") or all(float(w) == 0.0 for w in ws):
             return
         raise UsageError(f"{self.description} has no null (unconditional) class, so it cannot be guided with "
                          f"--guidance {method or 'cfg'}: use --w 0, or --null-label N if class embedding N was "

@@ -62,6 +62,25 @@ def eps_from_x(*, z: torch.Tensor, x: torch.Tensor, alpha: Coefficient, sigma: C
     return (z - alpha * x) / sigma
 
 
+def sigma_ve_from_logsnr(logsnr: _T) -> _T:
+    """σ_ve = e^{-λ/2} = σ/α, the variance-exploding noise level of λ (EDM's σ, k-diffusion's sigma, the guidance
+    interval's σ); a Python number or a tensor."""
+    if isinstance(logsnr, torch.Tensor):
+        return torch.exp(-0.5 * logsnr)
+    return math.exp(-0.5 * float(logsnr))
+
+
+def logsnr_from_sigma_ve(sigma_ve: _T) -> _T:
+    """λ = -2 log σ_ve, the inverse of ``sigma_ve_from_logsnr``; for a Python number σ_ve must be positive and
+    σ_ve = ∞ gives λ = -∞."""
+    if isinstance(sigma_ve, torch.Tensor):
+        return -2.0 * torch.log(sigma_ve)
+    sigma = float(sigma_ve)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return -2.0 * math.log(sigma) if math.isfinite(sigma) else -math.inf
+
+
 def diffuse(*, x: torch.Tensor, eps: torch.Tensor, logsnr: torch.Tensor | float) -> torch.Tensor:
     """Forward sample z_λ = α_λ x + σ_λ ε, a draw from q(z_λ | x) = N(α_λ x, σ_λ² I)."""
     alpha, sigma = alpha_sigma_rows(logsnr, x)

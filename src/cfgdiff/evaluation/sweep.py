@@ -114,8 +114,6 @@ def guided_run(
     params = dict(guidance_params or {})
     if log_prob_fn is not None:
         params["log_prob_fn"] = log_prob_fn
-    if guidance == "classifier" and params.get("log_prob_fn") is None:
-        raise ValueError("classifier guidance needs a classifier (log_prob_fn)")
     return GuidedRun.from_options(eps_fn, method=guidance, params=params, schedule=weight_schedule, sampler=sampler,
                                   steps=steps, batch_size=batch_size, **kwargs)
 

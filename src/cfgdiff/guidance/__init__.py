@@ -45,7 +45,7 @@ from cfgdiff.guidance.classifier import (
     classifier_guidance,
     implicit_classifier_grad,
 )
-from cfgdiff.guidance.registry import GUIDANCE_METHODS, GuidanceMethod, guidance_method, make_guide
+from cfgdiff.guidance.registry import GUIDANCE_METHODS, GuidanceMethod, guidance_method, make_guide, uses_null_label
 from cfgdiff.guidance.rescale import RescaledCFG, rescaled_cfg
 from cfgdiff.guidance.schedules import (
     GuidanceInterval,
@@ -66,5 +66,5 @@ __all__ = [
     "cfg_zero_star", "cfgpp", "check_weight", "classifier_guidance", "combine_cfg", "dynamic_thresholding",
     "eval_cond_uncond", "guidance_interval", "guidance_interval_sigma", "guidance_method", "guided_at",
     "guided_fraction", "implicit_classifier_grad", "logsnr_from_sigma", "make_guide", "rescaled_cfg",
-    "scale_from_w", "sigma_from_logsnr", "w_from_scale", "weight_at",
+    "scale_from_w", "sigma_from_logsnr", "uses_null_label", "w_from_scale", "weight_at",
 ]

@@ -38,6 +38,7 @@ class GuidanceMethod:
     networks: tuple[str, ...] = ()  # parameters that are further denoisers (eps_fns), counted as network rows
     classifiers: tuple[str, ...] = ()  # parameters that are classifiers (log_prob_fns), counted as classifier passes
     requires: tuple[str, ...] = ()  # parameters without a default (a guide network, a classifier)
+    null_label: bool = True  # evaluates the null label ∅ (needs a model trained with label dropout)
     cost: str = "one call of 2B rows per guided step; one call of B rows where unguided"
     w_range: str = "any finite w; w = 0 is the conditional model"
 
@@ -92,13 +93,20 @@ GUIDANCE_METHODS: dict[str, GuidanceMethod] = {m.name: m for m in (
         cost="one call of 2B rows per guided step; none on the K zero-init steps; B rows where unguided"),
     GuidanceMethod(
         "auto", autoguidance, "Autoguidance (Karras et al. 2024)", "ε̃ = ε_1 + w (ε_1 - ε_0), ε_0 a weaker model",
-        networks=("guide",), requires=("guide",),
+        networks=("guide",), requires=("guide",), null_label=False,
         cost="one call of B rows of each network per guided step; the main model alone where unguided"),
     GuidanceMethod(
         "classifier", _classifier, "Classifier guidance (Dhariwal & Nichol 2021)", "ε̃ = ε_c - w σ ∇_z log p_φ(c|z)",
-        requires=("log_prob_fn",), classifiers=("log_prob_fn",),
+        requires=("log_prob_fn",), classifiers=("log_prob_fn",), null_label=False,
         cost="one call of B rows per step plus one classifier forward and backward pass where guided"),
 )}
+
+
+def uses_null_label(name: str) -> bool:
+    """Whether the method ``name`` evaluates the null label (False for autoguidance and classifier guidance, and for
+    a name that is not registered: a guide of the caller's own is taken to be classifier-free)."""
+    method = GUIDANCE_METHODS.get(name)
+    return True if method is None else method.null_label
 
 
 def guidance_method(name: str) -> GuidanceMethod:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from cfgdiff.core.diffusion import logsnr_from_sigma_ve, sigma_ve_from_logsnr
 from cfgdiff.guidance.base import GuidanceWeight, WeightSchedule, check_weight, guided_at, weight_at
 
 
@@ -57,16 +58,15 @@ def guidance_interval(w: GuidanceWeight, *, logsnr_lo: float, logsnr_hi: float) 
 
 
 def logsnr_from_sigma(sigma: float) -> float:
-    """λ = -2 log σ for the variance-exploding noise level σ = e^{-λ/2} of EDM and Kynkäänniemi et al."""
-    sigma = float(sigma)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    return -2.0 * math.log(sigma) if math.isfinite(sigma) else -math.inf
+    """λ = -2 log σ for the variance-exploding noise level σ = e^{-λ/2} of EDM and Kynkäänniemi et al.
+    (``cfgdiff.core.diffusion.logsnr_from_sigma_ve``)."""
+    return logsnr_from_sigma_ve(float(sigma))
 
 
 def sigma_from_logsnr(logsnr: float) -> float:
-    """σ = e^{-λ/2}, the variance-exploding noise level of λ (σ = σ_vp/α_vp)."""
-    return math.exp(-0.5 * float(logsnr))
+    """σ = e^{-λ/2}, the variance-exploding noise level of λ (σ = σ_vp/α_vp;
+    ``cfgdiff.core.diffusion.sigma_ve_from_logsnr``)."""
+    return sigma_ve_from_logsnr(float(logsnr))
 
 
 def guidance_interval_sigma(w: GuidanceWeight, *, sigma_lo: float, sigma_hi: float) -> GuidanceInterval:

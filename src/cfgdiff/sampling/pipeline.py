@@ -113,6 +113,9 @@ class GuidedRun:
         self.counter = NFECounter()
         self._prepare: Callable[[EpsFn], EpsFn] = lambda eps_fn: prepare_eps_fn(
             eps_fn, device=device, autocast=autocast, channels_last=channels_last, compile_network=compile_network)
+        missing = [name for name in (self.spec.requires if self.spec else ()) if self.params.get(name) is None]
+        if self.spec is not None and missing:
+            raise ValueError(f"guidance {method} needs {', '.join(missing)} ({self.spec.title})")
         self._network: EpsFn | None = None
         self._guide: GuideFn | None = None
         if guide is not None:

@@ -42,12 +42,19 @@ from collections.abc import Callable, Sequence
 import torch
 
 from cfgdiff.core.contract import EpsFn, PairedEpsFn, TrajectoryEpsFn, call_eps_fn, call_eps_pair
-from cfgdiff.core.diffusion import eps_from_x, posterior_coefficients, reverse_std, x_from_eps, z_from_x_eps
+from cfgdiff.core.diffusion import (
+    eps_from_x,
+    logsnr_from_sigma_ve,
+    posterior_coefficients,
+    reverse_std,
+    x_from_eps,
+    z_from_x_eps,
+)
 from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN, GridKind, alpha_sigma_host, logsnr_grid
 
 StepCallback = Callable[[int, float], None]
 Generators = torch.Generator | Sequence[torch.Generator] | None
-EDM_LOGSNR_MIN = -2.0 * math.log(80.0)  # EDM's σ_max = 80 as a log-SNR: the Heun sampler's default start
+EDM_LOGSNR_MIN = logsnr_from_sigma_ve(80.0)  # EDM's σ_max = 80 as a log-SNR: the Heun sampler's default start
 
 
 def _resolve_grid(

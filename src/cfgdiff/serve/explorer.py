@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cfgdiff.core.contract import EpsFn
-from cfgdiff.guidance import GuidanceWeight
+from cfgdiff.guidance import GuidanceWeight, uses_null_label
 from cfgdiff.sampling.pipeline import GuidedRun
 from cfgdiff.sampling.solvers import SAMPLERS
 from cfgdiff.serve.images import data_uri, grid_png, scatter_png
@@ -35,7 +35,6 @@ MAX_SEED = 2**63 - 1
 PARAM_PREFIX = "p."  # method parameters travel as p.NAME=value
 DEFAULT_INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024's EDM2-XXL interval in σ, the page's starting values
 QUERY_KEYS = ("classes", "n", "sampler", "steps", "w", "method", "interval", "seed", "v_interp")
-NO_NULL_METHODS = frozenset({"auto", "classifier"})  # guidance methods that never evaluate the null label
 
 
 class RequestError(ValueError):
@@ -251,7 +250,7 @@ class Explorer:
         if "w" not in query:
             raise RequestError("w is required (the paper's guidance weight: 0 = conditional, -1 = unconditional)")
         w = _float("w", query["w"])
-        if not self.has_null_label and w != 0.0 and method_name not in NO_NULL_METHODS:
+        if not self.has_null_label and w != 0.0 and uses_null_label(method_name):
             raise RequestError("this model has no null (unconditional) class, so it cannot be guided: use w = 0")
         interval = None
         if query.get("interval", "").strip():
