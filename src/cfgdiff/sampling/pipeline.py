@@ -116,19 +116,16 @@ class GuidedRun:
         missing = [name for name in (self.spec.requires if self.spec else ()) if self.params.get(name) is None]
         if self.spec is not None and missing:
             raise ValueError(f"guidance {method} needs {', '.join(missing)} ({self.spec.title})")
-        self._network: EpsFn | None = None
-        self._guide: GuideFn | None = None
-        if guide is not None:
-            self._guide = guide
-            self._network = self.counter.wrap(self._prepare(cast(EpsFn, model)))
-        elif self.spec is not None:
+        if guide is None and self.spec is not None:  # a registered method, its further networks counted too
             counted = dict(self.params)
             for name in self.spec.networks:
                 counted[name] = self.counter.wrap(counted[name], "denoiser")
             for name in self.spec.classifiers:
                 counted[name] = self.counter.wrap(counted[name], "classifier")
-            self._guide = make_guide(method, **counted)
-            self._network = self.counter.wrap(self._prepare(cast(EpsFn, model)))  # prepared (and compiled) once
+            guide = make_guide(method, **counted)
+        self._guide: GuideFn | None = guide  # None: a w-conditioned model, guided by itself
+        self._network: EpsFn | None = (  # prepared (and compiled) once, counted
+            None if guide is None else self.counter.wrap(self._prepare(cast(EpsFn, model))))
 
     @classmethod
     def from_options(cls, model: EpsFn | WConditionedEpsFn, *, sampler: str = "ancestral", steps: int = 128,
