@@ -9,6 +9,7 @@ Layers from the ground up (``docs/layout.md`` explains each folder):
     training                  the Trainer and its runs
     evaluation                sweeps, metrics, feature networks, plots, report pages
     distillation              students trained and evaluated with the layers below
+    tuning                    searches over guidance settings, scored by evaluation (``cfgdiff tune``)
     cli, serve                the two faces: the only places that parse, print and pick exit codes
 
 Every import is checked, also those inside functions (a lazy import is still a dependency).
@@ -37,8 +38,9 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core", "runtime", "models", "data"},
     "evaluation": {"core", "runtime", "models", "data", "guidance", "sampling"},
     "distillation": {"core", "runtime", "models", "data", "guidance", "sampling", "training", "evaluation"},
+    "tuning": {"core", "runtime", "models", "data", "guidance", "sampling", "evaluation"},
     "cli": {"core", "runtime", "models", "data", "guidance", "sampling", "adapters", "training", "evaluation",
-            "distillation", "serve"},
+            "distillation", "tuning", "serve"},
     "serve": {"core", "runtime", "models", "data", "guidance", "sampling", "adapters", "training", "evaluation",
               "distillation"},
 }

@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "train": "train",
     "sample": "sample",
     "eval": "eval",
+    "tune": "tune",
     "toy": "toy",
     "train-classifier": "train_classifier",
     "train-features": "train_features",

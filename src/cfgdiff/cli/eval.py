@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, positive_int, progress
 from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
+from cfgdiff.cli.scoring_options import add_scoring_options, check_scoring_options, scorer_for
 
 EXIT_OK = 0
 SMALL_N = 500  # below this many samples per w, FID's upward bias and spread swamp most differences between w
@@ -32,15 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=2000, help="samples per w, class-balanced (default 2000)")
     add_sampler_options(p, steps=128, sampler="ancestral")
     add_guidance_options(p)
-    p.add_argument("--inception-weights", type=Path, default=None,
-                   help="FID Inception-v3 weights file (needs the 'inception' extra); default: --features, else "
-                        "the data set's shipped feature classifier (digits)")
-    p.add_argument("--features", type=Path, default=None,
-                   help="run directory of a feature classifier trained by 'cfgdiff train-features' on this data: "
-                        "its penultimate features give FID, its softmax IS")
-    p.add_argument("--bootstrap", type=int, default=100,
-                   help="bootstrap resamples of the samples behind each FID (or SW) spread; 0: no spread "
-                        "(default 100)")
+    add_scoring_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="rows per sampling chunk (default by image size and device: on a CPU 256 up to 12x12 "
@@ -82,32 +74,6 @@ def _pm(value: float | None, std: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.3f}" + (f" ± {std:.3f}" if std is not None else "")
-
-
-def _scorer(args: argparse.Namespace, meta: dict, data: str, model):
-    """(the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None)."""
-    from cfgdiff.core.toy import GaussianMixture
-    from cfgdiff.data import DataSpec, load_dataset
-    from cfgdiff.evaluation.features import feature_extractor_for
-    from cfgdiff.evaluation.metrics import ImageScorer, VectorScorer, near_copy_detector, reference_statistics
-
-    spec = DataSpec.from_json(meta["data_spec"]) if meta.get("data_spec") else DataSpec(source=data)
-    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
-    bootstrap = args.bootstrap if args.bootstrap >= 2 else 0
-    if not train.is_image:
-        if args.inception_weights is not None or args.features is not None:
-            raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points, not images: it is scored by the "
-                             "sliced Wasserstein distance to held-out points, without a feature network")
-        mixture = GaussianMixture.three_gaussians() if spec.source == "gmm2d" else None
-        return spec, VectorScorer(test.x, test.labels, train.num_classes, train=train.x, train_labels=train.labels,
-                                  mixture=mixture, bootstrap=bootstrap, seed=args.seed), mixture
-    extractor = feature_extractor_for(spec, args.inception_weights, args.features, data_shape=train.data_shape,
-                                      device=args.device)
-    scorer = ImageScorer(extractor, reference_statistics(train, "train", extractor),
-                         reference_statistics(test, "test", extractor),
-                         near_copies=near_copy_detector(train, test, device=args.device), bootstrap=bootstrap,
-                         seed=args.seed)
-    return spec, scorer, None
 
 
 def _summary(result) -> list[str]:
@@ -163,12 +129,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
 
     if args.n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
-    if args.inception_weights is not None and not args.inception_weights.is_file():
-        raise UsageError(f"--inception-weights: no file at {args.inception_weights}")
-    if args.inception_weights is not None and args.features is not None:
-        raise UsageError("--inception-weights and --features name two feature networks: give one")
-    if args.bootstrap < 0 or args.bootstrap == 1:
-        raise UsageError(f"--bootstrap must be 0 (no spread) or at least 2, got {args.bootstrap}")
+    check_scoring_options(args)
     interval_of(args)  # check --interval before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
     source.check_guidance(args.w, args.guidance)
@@ -184,7 +145,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
                                 device=args.device, ema=not args.raw_weights)  # checked before any work
     args.guidance_argv = choice.argv
     run = guided_run_from_args(args, source, choice, student=student)  # the model, guidance, sampler: one object
-    scoring, ok = main_only(lambda: _scorer(args, meta, data, model), dist)  # rank 0 alone scores
+    scoring, ok = main_only(lambda: scorer_for(args, meta, data), dist)  # rank 0 alone scores
     if not ok:
         return 2  # rank 0 stopped on bad input and says why
     spec, scorer, mixture = scoring if dist.is_main else (None, None, None)

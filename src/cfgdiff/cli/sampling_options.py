@@ -68,20 +68,25 @@ def interval_of(args: argparse.Namespace) -> tuple[float, float] | None:
 
 
 def guided_run_from_args(args: argparse.Namespace, source: Any, choice: Any, *, student: Any = None,
-                         network_options: dict[str, Any] | None = None) -> Any:
-    """The ``GuidedRun`` of ``cfgdiff sample``/``eval``: ``source``'s model (or the distilled ``student``), the
-    guidance ``choice``, ``--interval``, the sampler options, the trained log-SNR range and a latent model's
-    decoder (``source.sampler_options``), ``network_options`` (autocast, channels_last, compile_network)."""
+                         network_options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                         interval: tuple[float, float] | None = None, steps: int | None = None) -> Any:
+    """The ``GuidedRun`` of ``cfgdiff sample``/``eval``/``tune``: ``source``'s model (or the distilled ``student``),
+    the guidance ``choice``, ``--interval``, the sampler options, the trained log-SNR range and a latent model's
+    decoder (``source.sampler_options``), ``network_options`` (autocast, channels_last, compile_network).
+    ``params``, ``interval`` and ``steps`` override the choice's parameters, ``--interval`` and ``--steps`` (one
+    trial of a tune)."""
     from cfgdiff.sampling.pipeline import GuidedRun
 
     options = sampler_kwargs(args, source.x_bound)
     options.update(network_options or {})
     options.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
     options.update(batch_size=args.batch_size, data_shape=source.data_shape, device=args.device)
+    steps = args.steps if steps is None else steps
     if student is not None:  # already guided at every w: no method, no interval
-        return GuidedRun.from_options(student, sampler=args.sampler, steps=args.steps, **options)
-    return GuidedRun.from_options(source.eps_fn, sampler=args.sampler, steps=args.steps, method=choice.method,
-                                  params=choice.params, interval=interval_of(args), **options)
+        return GuidedRun.from_options(student, sampler=args.sampler, steps=steps, **options)
+    return GuidedRun.from_options(source.eps_fn, sampler=args.sampler, steps=steps, method=choice.method,
+                                  params={**choice.params, **(params or {})},
+                                  interval=interval if interval is not None else interval_of(args), **options)
 
 
 def distilled_student(args: argparse.Namespace, source, ws) -> Any:

@@ -63,7 +63,7 @@ def _to_numpy(a: ArrayLike) -> np.ndarray:
     return np.asarray(a)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG through its own Agg canvas, creating the parent folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def save_sample_grid(
             spine.set_visible(False)
     if title is not None:
         fig.suptitle(title, y=1.0 - 6 / fig_h, va="top", fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # -- the exact toy: Figure 2 ------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def toy_guidance_figure(
     axes[0, 0].set_ylabel("exact guided density\np(x|c) p(c|x)^w", fontsize=10)
     axes[1, 0].set_ylabel("samples", fontsize=10)
     axes[1, 0].legend(loc="lower left", fontsize=7, markerscale=3, framealpha=0.8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # -- FID / IS trade-off curves ----------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def tradeoff_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def metrics_vs_w_plot(
@@ -430,4 +430,4 @@ def metrics_vs_w_plot(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -118,6 +118,57 @@ def guided_run(
                                   steps=steps, batch_size=batch_size, **kwargs)
 
 
+@dataclass
+class ScoredPoint:
+    """One w of a guided run, scored: its table row, its grid of images ([K, n_grid, C, H, W], images only) and
+    its points (vector data: (x, labels))."""
+
+    row: SweepRow
+    grid: np.ndarray | None = None
+    points: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def score_at(run: GuidedRun, w: float, *, n: int, scorer: SampleScorer | None, seed: int = 0,
+             grid_per_class: int = 0, on_chunk: Callable[[int], None] | None = None,
+             dist: DistContext | None = None) -> ScoredPoint | None:
+    """``n`` class-balanced samples of ``run`` at w, scored as they stream in (one row of ``run_sweep``; also one
+    trial of ``cfgdiff tune``). Counts the run's network rows afresh. Under torchrun every rank samples and rank 0
+    scores; the other ranks get None."""
+    main = dist is None or dist.is_main
+    labels = balanced_labels(n, run.num_classes)
+    run.counter.reset()
+    acc = scorer.new_set() if main and scorer is not None else None
+    per_class: list[list[np.ndarray]] = [[] for _ in range(run.num_classes)]
+    seconds = 0.0
+    offset = 0
+    t_start = time.perf_counter()
+    for x in run.iter_samples(labels, float(w), seed=seed, dist=dist):  # other ranks: nothing (sent to rank 0)
+        seconds += time.perf_counter() - t_start
+        chunk_labels = labels[offset:offset + x.shape[0]]
+        if acc is not None:
+            acc.add(x, chunk_labels)
+        for i, c in enumerate(chunk_labels.tolist()):
+            if x.ndim == 4 and len(per_class[c]) < grid_per_class:  # grids of images only
+                per_class[c].append(x[i].numpy())
+        offset += x.shape[0]
+        if on_chunk is not None:
+            on_chunk(x.shape[0])
+        t_start = time.perf_counter()
+    denoiser_rows = sum_over_ranks(run.denoiser_rows(), dist)
+    classifier_rows = sum_over_ranks(run.classifier_rows(), dist)
+    if acc is None:
+        return None
+    row = SweepRow(
+        w=float(w), **acc.finish(float(w)), n=n, steps=run.steps, sampler=run.sampler, seed=seed,
+        guidance=run.method, nfe_per_sample=denoiser_rows / n,
+        classifier_evals_per_sample=(classifier_rows / n) if run.uses_classifier else 0.0,
+        seconds_per_sample=seconds / n,
+    )
+    filled = min(len(v) for v in per_class)
+    grid = np.stack([np.stack(v[:filled]) for v in per_class]) if filled > 0 else None
+    return ScoredPoint(row, grid, getattr(acc, "points", None))
+
+
 def run_sweep(
     model: GuidedRun | EpsFn,
     ws: Sequence[float],
@@ -152,45 +203,19 @@ def run_sweep(
         if extractor is None or reference is None:
             raise ValueError("run_sweep needs a scorer, or a feature extractor and reference statistics")
         scorer = ImageScorer(extractor, reference)
-    num_classes = run.num_classes
-    labels = balanced_labels(n, num_classes)
     rows: list[SweepRow] = []
     grids: dict[float, np.ndarray] = {}
     points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for w in ws:
-        run.counter.reset()
-        acc = scorer.new_set() if main else None
-        per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-        seconds = 0.0
-        offset = 0
-        t_start = time.perf_counter()
-        for x in run.iter_samples(labels, float(w), seed=seed, dist=dist):  # other ranks: nothing (sent to rank 0)
-            seconds += time.perf_counter() - t_start
-            acc.add(x, labels[offset:offset + x.shape[0]])
-            for i, c in enumerate(labels[offset:offset + x.shape[0]].tolist()):
-                if x.ndim == 4 and len(per_class[c]) < grid_per_class:  # grids of images only
-                    per_class[c].append(x[i].numpy())
-            offset += x.shape[0]
-            if on_chunk is not None:
-                on_chunk(x.shape[0])
-            t_start = time.perf_counter()
-        denoiser_rows = sum_over_ranks(run.denoiser_rows(), dist)
-        classifier_rows = sum_over_ranks(run.classifier_rows(), dist)
-        if not main:
+        point = score_at(run, float(w), n=n, scorer=scorer, seed=seed, grid_per_class=grid_per_class,
+                         on_chunk=on_chunk, dist=dist)
+        if point is None:  # not the scoring rank
             continue
-        scores = acc.finish(float(w))
-        if hasattr(acc, "points"):
-            points[float(w)] = acc.points
-        rows.append(SweepRow(
-            w=float(w), **scores, n=n, steps=run.steps,
-            sampler=run.sampler, seed=seed, guidance=run.method,
-            nfe_per_sample=denoiser_rows / n,
-            classifier_evals_per_sample=(classifier_rows / n) if run.uses_classifier else 0.0,
-            seconds_per_sample=seconds / n,
-        ))
-        filled = min(len(v) for v in per_class)
-        if filled > 0:
-            grids[float(w)] = np.stack([np.stack(v[:filled]) for v in per_class])  # [K, n_grid, C, H, W]
+        rows.append(point.row)
+        if point.grid is not None:
+            grids[float(w)] = point.grid
+        if point.points is not None:
+            points[float(w)] = point.points
     return SweepResult(rows, grids, {**scorer.meta(n), **run.record()} if main else {}, points)
 
 
