@@ -317,7 +317,7 @@ def _header_notes(result: SweepResult) -> list[str]:
                          "p(x|c) p(c|x)^w / Z_c(w) (normalised on a grid), ± its standard error; an exact sampler of "
                          "p̃_w scores -H(p̃_w); higher is not better beyond that (samples piled on the modes score "
                          "above it)")
-        return lines
+        return lines + _prdc_notes(meta, n)
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     lines = [f"- {fid_name} of the N = {n} samples against the statistics of the {meta['reference_count']} training "
              f"images and of the {meta.get('test_count', '?')} held-out test images; ± is the bootstrap std over "
