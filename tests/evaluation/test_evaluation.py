@@ -104,9 +104,15 @@ def test_eval_writes_table_plots_and_grids(capsys, digits_run, tmp_path, cache_d
     assert meta["floor_count"] == 20 and meta["fid_floor_method"] == "subsets" and meta["fid_test_floor"] > 0
     assert meta["fid_floor_whole_test_count"] == 360 and meta["fid_bootstrap"] == 100
     assert meta["memorisation_threshold"] > 0 and meta["memorisation_test_share"] < 0.01
+    assert meta["prdc_k"] == 3 and meta["density_k"] == 5 and meta["prdc_real_count"] == 20
+    assert meta["kid_subset_size"] == 20 and meta["kid_subsets"] == 100 and meta["fid_per_class_classes"] == 10
     for row in results["rows"]:
         assert row["fid_std"] > 0 and row["fid_test"] > 0 and row["fid_test_std"] > 0
         assert 0 <= row["memorised"] <= 1 and row["sliced_wasserstein"] is None
+        for key in ("precision", "recall", "coverage"):  # in the digits-classifier features, vs 20 pool rows
+            assert 0 <= row[key] <= 1 and row[f"{key}_std"] >= 0
+        assert row["density"] >= 0 and math.isfinite(row["kid"]) and row["kid_std"] >= 0
+        assert row["fid_per_class"] > 0
     first, second = results["rows"]  # differences against the first row, with their paired spread
     assert meta["fid_delta_baseline_w"] == 0.0 and first["fid_delta"] is None
     assert second["fid_delta"] == pytest.approx(second["fid"] - first["fid"]) and second["fid_delta_std"] > 0

@@ -102,3 +102,40 @@ def test_several_sweeps_on_one_plot_in_chromium(browser, sweeps, tmp_path):
     page.screenshot(path=str(tmp_path / "several.png"), full_page=True)
     assert problems.errors == [] and problems.outside == []
     page.close()
+
+
+def test_precision_against_recall_plot_in_chromium(browser, sweeps, tmp_path):
+    """Rows with precision and recall get a second plot: x = recall, y = precision, a point per w, a curve per
+    sweep; clicking one of its points pins that row as on the trade-off plot."""
+    from playwright.sync_api import expect
+
+    from cfgdiff.evaluation.report import write_report
+
+    def pr(count, offset):
+        return [{"precision": 0.6 + 0.1 * j - offset, "precision_std": 0.01, "recall": 0.9 - 0.2 * j - offset,
+                 "recall_std": 0.02} for j in range(count)]
+
+    first = copy_sweep(sweeps[0], tmp_path / "a", extra=pr(3, 0.0))
+    second = copy_sweep(sweeps[1], tmp_path / "b", extra=pr(2, 0.15))
+    path = write_report([first, second], tmp_path / "page.html")
+    page, problems = _open(browser, path)
+    expect(page.locator('#pr-plot circle.pt[data-sweep="0"]')).to_have_count(3)
+    expect(page.locator('#pr-plot circle.pt[data-sweep="1"]')).to_have_count(2)
+    expect(page.locator("#pr-plot polyline.curve")).to_have_count(2)
+    xs = [float(page.locator(f'#pr-plot circle.pt[data-sweep="0"][data-row="{j}"]').get_attribute("cx"))
+          for j in range(3)]
+    ys = [float(page.locator(f'#pr-plot circle.pt[data-sweep="0"][data-row="{j}"]').get_attribute("cy"))
+          for j in range(3)]
+    assert xs == sorted(xs, reverse=True) and ys == sorted(ys, reverse=True)  # recall falls, precision rises
+    page.locator('#pr-plot circle.pt[data-sweep="0"][data-row="1"]').click()
+    expect(page.locator("#row-0-1")).to_have_class(re.compile(r"\bpinned\b"))
+    expect(page.locator('#plot circle.pt[data-sweep="0"][data-row="1"]')).to_have_class(re.compile(r"\bpinned\b"))
+    assert problems.errors == [] and problems.outside == []
+    page.close()
+
+
+def test_no_precision_recall_plot_without_those_columns(browser, sweeps):
+    page, problems = _open(browser, sweeps[0] / "report.html")
+    assert page.locator("#pr-plot").count() == 0 and page.locator("#plot circle.pt").count() == 3
+    assert problems.errors == []
+    page.close()

@@ -23,8 +23,10 @@ def add_parser(sub) -> None:
                                    "against the training and the held-out test split (each ± a bootstrap spread, "
                                    "beside real images of the same N: the floor), IS and the share of near-copies "
                                    "of training images, and write results.{csv,md,json}, tradeoff.png, "
-                                   "metrics_vs_w.png, grids_all.png and one grid per w. 2-D data (gmm2d) is scored "
-                                   "by the sliced Wasserstein distance to held-out points and the exact guided "
+                                   "metrics_vs_w.png, grids_all.png and one grid per w; also precision/recall, "
+                                   "density/coverage, KID and the class-averaged FID in the same features. 2-D "
+                                   "data (gmm2d) is scored by the sliced Wasserstein distance to held-out points, "
+                                   "precision/recall/density/coverage against them and the exact guided "
                                    "log-density instead (samples.png).")
     add_model_source_options(p, data_option=True)
     p.add_argument("--w", type=float_list, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0],
@@ -76,6 +78,15 @@ def _pm(value: float | None, std: float | None) -> str:
     return f"{value:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
+def _fidelity_diversity(row, meta: dict) -> str:
+    """", precision = … (k = 3), recall = …, density = … (k = 5), coverage = …" (empty when not measured)."""
+    if row.precision is None:
+        return ""
+    return (f", precision = {_pm(row.precision, row.precision_std)}, recall = {_pm(row.recall, row.recall_std)} "
+            f"(k = {meta.get('prdc_k')}), density = {_pm(row.density, row.density_std)}, coverage = "
+            f"{_pm(row.coverage, row.coverage_std)} (k = {meta.get('density_k')})")
+
+
 def _summary(result) -> list[str]:
     """What eval prints: the floors at the sweep's N, then one line per w, N beside every distance."""
     meta, n = result.meta, result.rows[0].n
@@ -91,6 +102,7 @@ def _summary(result) -> list[str]:
             if row.log_density is not None:
                 line += (f", mean log p̃_w(x|c) = {_pm(row.log_density, row.log_density_std)} (exact sampler "
                          f"{row.log_density_target:.3f})")
+            line += _fidelity_diversity(row, meta)
             lines.append(line + f", NFE/sample = {row.nfe_per_sample:g}")
         return lines
     fid_name, is_name = meta["fid_name"], meta["is_name"]
@@ -106,9 +118,13 @@ def _summary(result) -> list[str]:
                                                  f"{row.fid_delta:+.3f}" + ("" if row.fid_delta_std is None else
                                                                             f" ± {row.fid_delta_std:.3f} paired")
                                                  + ")")
+        kid = "" if row.kid is None else (f", KID = {row.kid:.5f}" + ("" if row.kid_std is None else
+                                                                      f" ± {row.kid_std:.5f}"))
+        per_class = "" if row.fid_per_class is None else f", per-class {fid_name} = {row.fid_per_class:.3f}"
         lines.append(f"w = {row.w:g}: {fid_name} = {_pm(row.fid, row.fid_std)} vs training split{delta}, "
                      f"{_pm(row.fid_test, row.fid_test_std)} vs test split (N = {row.n}), {is_name} = "
-                     f"{_pm(row.inception_score, row.inception_score_std)}{copies} "
+                     f"{_pm(row.inception_score, row.inception_score_std)}{copies}"
+                     f"{_fidelity_diversity(row, meta)}{kid}{per_class} "
                      f"(NFE/sample = {row.nfe_per_sample:g}, {row.seconds_per_sample * 1e3:.1f} ms/sample)")
     return lines
 

@@ -12,8 +12,11 @@ Images (``ImageScorer``):
 
 against the training split (``fid``) and the held-out test split (``fid_test``), each ± its bootstrap spread
 (``fid_std``, ``fid_test_std``), IS ± std over 10 splits, and ``memorised``, the share of near-copies of
-training images; the floors at the same N are in ``meta``. 2-D points (``VectorScorer``): the sliced Wasserstein
-distance to held-out points and the exact guided log-density. Fields a kind of data does not have are None.
+training images; the floors at the same N are in ``meta``. Fidelity and diversity apart: ``precision`` /
+``recall`` (k-NN manifolds, Kynkäänniemi et al. 2019), ``density`` / ``coverage`` (Naeem et al. 2020), ``kid``
+(Bińkowski et al. 2018) against the training split's pool, and ``fid_per_class`` (the class-averaged FID).
+2-D points (``VectorScorer``): the sliced Wasserstein distance to held-out points, the exact guided log-density,
+and precision/recall/density/coverage against held-out points. Fields a kind of data does not have are None.
 
 Every w starts from the same seed, so the rows share their initial noise (common random numbers): differences
 between rows come from w, not from the draw. Network evaluations are counted, not assumed: ``nfe_per_sample``
@@ -85,6 +88,18 @@ class SweepRow:
     log_density: float | None = None  # 2-D testbed: mean log p̃_w(x | c) under the exact guided target
     log_density_std: float | None = None  # its standard error
     log_density_target: float | None = None  # -H(p̃_w): what a perfect sampler of p̃_w scores
+    # fidelity and diversity apart (cfgdiff.evaluation.metrics.fidelity_diversity; k and the real set in meta)
+    precision: float | None = None  # share of samples inside the real k-NN manifold (fidelity)
+    precision_std: float | None = None  # its standard error given the real set (binomial)
+    recall: float | None = None  # share of real points inside the samples' k-NN manifold (diversity)
+    recall_std: float | None = None  # its standard error given the samples (binomial)
+    density: float | None = None  # mean count of real k-NN balls holding a sample, / k (1 for i.i.d. sets)
+    density_std: float | None = None  # its standard error given the real set
+    coverage: float | None = None  # share of real points whose k-NN ball holds a sample
+    coverage_std: float | None = None  # its standard error given the samples (binomial)
+    kid: float | None = None  # KID: unbiased MMD² (cubic kernel), mean over subsets (images)
+    kid_std: float | None = None  # its std over the subsets
+    fid_per_class: float | None = None  # FID of class c's samples vs class c's training images, mean over c
 
 
 @dataclass
@@ -252,29 +267,38 @@ def markdown_table(result: SweepResult) -> str:
         return (f"{r.n} | {r.steps} | {r.sampler} | {r.seed} | {r.guidance} | {r.nfe_per_sample:g} | "
                 f"{r.classifier_evals_per_sample:g} | {r.seconds_per_sample:.4f} |")
 
+    prdc_head = (f"precision (k = {meta.get('prdc_k')}) | recall (k = {meta.get('prdc_k')}) | density "
+                 f"(k = {meta.get('density_k')}) | coverage (k = {meta.get('density_k')}) | ")
+
+    def prdc_cells(r: SweepRow) -> str:
+        return (f"{_pm(r.precision, r.precision_std)} | {_pm(r.recall, r.recall_std)} | "
+                f"{_pm(r.density, r.density_std)} | {_pm(r.coverage, r.coverage_std)} | ")
+
     if _sweep_kind(result) == "vectors":
         k = len(rows[0].sliced_wasserstein_per_class or [])
         head = (f"| w | SW_2 to held-out, N = {n} | SW_2 per class | mean log p̃_w(x\\|c) | -H(p̃_w) (exact "
-                f"sampler) | {tail_head}")
-        lines = [head, "|" + "---|" * 13]
+                f"sampler) | {prdc_head}{tail_head}")
+        lines = [head, "|" + "---|" * 17]
         best = min(r.sliced_wasserstein for r in rows)
         for r in rows:
             sw = _pm(r.sliced_wasserstein, r.sliced_wasserstein_std)
             per_class = " / ".join("–" if v is None else f"{v:.3f}" for v in (r.sliced_wasserstein_per_class or []))
             lines.append(f"| {_fmt_w(r.w)} | {f'**{sw}**' if r.sliced_wasserstein == best else sw} | {per_class} | "
-                         f"{_pm(r.log_density, r.log_density_std)} | {_pm(r.log_density_target, None)} | {tail(r)}")
+                         f"{_pm(r.log_density, r.log_density_std)} | {_pm(r.log_density_target, None)} | "
+                         f"{prdc_cells(r)}{tail(r)}")
         if meta.get("sw_floor") is not None:
             floors = " / ".join(f"{v:.3f}" for v in meta.get("sw_floor_per_class", [])[:k])
             lines.append(f"| real (floor) | {_pm(meta['sw_floor'], meta.get('sw_floor_std'))} | {floors} | – | – | "
-                         f"{n} | | | | | | | |")
+                         f"– | – | – | – | {n} | | | | | | | |")
         return "\n".join(lines) + "\n"
 
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     base = meta.get("fid_delta_baseline_w")
     delta_head = f"Δ vs w = {_fmt_w(base)} (paired)" if base is not None else "Δ (paired)"
     head = (f"| w | {fid_name}, N = {n} vs training split | {delta_head} | {fid_name}, N = {n} vs test split | "
-            f"{is_name} | near-copies of training images | {tail_head}")
-    lines = [head, "|" + "---|" * 14]
+            f"{is_name} | near-copies of training images | {prdc_head}KID | {fid_name} per class (mean) | "
+            f"{tail_head}")
+    lines = [head, "|" + "---|" * 20]
     best = min(r.fid for r in rows)
     for r in rows:
         fid = _pm(r.fid, r.fid_std)
@@ -282,12 +306,13 @@ def markdown_table(result: SweepResult) -> str:
         delta = "–" if r.fid_delta is None else f"{r.fid_delta:+.3f}" + (
             f" ± {r.fid_delta_std:.3f}" if r.fid_delta_std is not None else "")
         lines.append(f"| {_fmt_w(r.w)} | {fid} | {delta} | {_pm(r.fid_test, r.fid_test_std)} | "
-                     f"{_pm(r.inception_score, r.inception_score_std)} | {_percent(r.memorised)} | {tail(r)}")
+                     f"{_pm(r.inception_score, r.inception_score_std)} | {_percent(r.memorised)} | {prdc_cells(r)}"
+                     f"{_pm(r.kid, r.kid_std, 5)} | {_pm(r.fid_per_class, None)} | {tail(r)}")
     if meta.get("fid_floor") is not None:
         copies = _percent(meta.get("memorisation_test_share"))
         lines.append(f"| real (floor) | {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
                      f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} | "
-                     f"{_pm(meta.get('test_is'), None)} | {copies} | {n} | | | | | | | |")
+                     f"{_pm(meta.get('test_is'), None)} | {copies} | – | – | – | – | – | – | {n} | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +342,7 @@ def _header_notes(result: SweepResult) -> list[str]:
                          "p(x|c) p(c|x)^w / Z_c(w) (normalised on a grid), ± its standard error; an exact sampler of "
                          "p̃_w scores -H(p̃_w); higher is not better beyond that (samples piled on the modes score "
                          "above it)")
-        return lines
+        return lines + _prdc_notes(meta, n)
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     lines = [f"- {fid_name} of the N = {n} samples against the statistics of the {meta['reference_count']} training "
              f"images and of the {meta.get('test_count', '?')} held-out test images; ± is the bootstrap std over "
@@ -338,9 +363,27 @@ def _header_notes(result: SweepResult) -> list[str]:
                      f"than {meta['memorisation_threshold']:.4g}, the distance that 99 % of the "
                      f"{meta['memorisation_test_count']} held-out test images exceed "
                      f"({_percent(meta['memorisation_test_share'])} of them are below it)")
+    lines += _prdc_notes(meta, n)
+    if meta.get("kid_subsets") is not None:
+        lines.append(f"- KID: unbiased MMD² with the kernel (x·y/d + 1)³ between {meta['kid_subset_size']} samples "
+                     f"and {meta['kid_subset_size']} real features ({meta['kid_real']}), mean ± std over "
+                     f"{meta['kid_subsets']} seeded random subsets (Bińkowski et al. 2018; torch-fidelity's subsets)")
+    if meta.get("fid_per_class_classes") is not None:
+        lines.append(f"- {fid_name} per class: FID of the samples of class c against the training images of class c, "
+                     f"averaged over the {meta['fid_per_class_classes']} classes (about N / K samples each, so "
+                     "biased upward more than the overall FID)")
     lines.append(f"- real data: {is_name} of the training images = {meta['reference_is']:.3f}"
                  + (f", of the test images = {meta['test_is']:.3f}" if meta.get("test_is") is not None else ""))
     return lines
+
+
+def _prdc_notes(meta: Mapping[str, Any], n: int) -> list[str]:
+    if meta.get("prdc_k") is None:
+        return []
+    return [f"- precision / recall (k-NN manifolds with k = {meta['prdc_k']}, Kynkäänniemi et al. 2019) and density "
+            f"/ coverage (k = {meta['density_k']}, Naeem et al. 2020) of the {n} samples against "
+            f"{meta['prdc_real']}; precision and density measure fidelity, recall and coverage diversity; ± is the "
+            "standard error given the other set (the k-NN balls held fixed)"]
 
 
 def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *, title: str,

@@ -6,6 +6,8 @@
   samples' count N (real against real);
 * ``memorisation``: the share of samples that are near-copies of a training image (pixel-space nearest
   neighbour closer than what 99 % of held-out test images achieve);
+* ``fidelity_diversity``: fidelity and diversity apart: k-NN precision/recall (Kynkäänniemi et al. 2019),
+  density/coverage (Naeem et al. 2020), computed over blocks of distances, and KID (Bińkowski et al. 2018);
 * ``sliced_wasserstein``: SW_p between point sets, for 2-D data;
 * ``guided_density``: the exact guided target p̃_w(x | c) of the Gaussian-mixture testbed, normalised;
 * ``scorers``: what ``cfgdiff eval`` measures per guidance weight, for images and for 2-D points.
@@ -20,10 +22,23 @@ from cfgdiff.evaluation.metrics.fid import (
     FeatureStats,
     FrechetReference,
     bootstrap_fid,
+    class_averaged_fid,
     feature_statistics,
     fid_with_spread,
     frechet_distance,
     paired_bootstrap_difference,
+)
+from cfgdiff.evaluation.metrics.fidelity_diversity import (
+    DENSITY_K,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+    PRDC,
+    PRDC_K,
+    kid,
+    kth_neighbour_radii,
+    polynomial_mmd2_unbiased,
+    prdc,
+    real_subset,
 )
 from cfgdiff.evaluation.metrics.guided_density import GuidedDensity, mean_log_density
 from cfgdiff.evaluation.metrics.inception_score import inception_score
@@ -59,6 +74,8 @@ from cfgdiff.evaluation.metrics.scorers import (
 from cfgdiff.evaluation.metrics.sliced_wasserstein import random_directions, sliced_wasserstein, wasserstein_1d_power
 
 __all__ = [
+    "DENSITY_K", "KID_SUBSETS", "KID_SUBSET_SIZE", "PRDC", "PRDC_K", "class_averaged_fid", "kid",
+    "kth_neighbour_radii", "polynomial_mmd2_unbiased", "prdc", "real_subset",
     "DEFAULT_BOOTSTRAP", "FLOOR_DRAWS", "NEAR_COPY_QUANTILE", "POOL_SIZE", "FeatureAccumulator", "FeatureSet",
     "FeatureStats", "Floor", "FrechetReference", "GuidedDensity", "ImageScorer", "NearCopyDetector",
     "ReferenceStats", "SampleScorer", "ScoreSet", "VectorScorer", "bootstrap_fid", "data_key", "default_cache_dir",

@@ -6,6 +6,7 @@
 ``bootstrap_fid`` resamples the sample features with replacement: the standard deviation of the resampled FIDs
 is the spread of FID over redraws of N samples (the reference statistics held fixed).
 ``paired_bootstrap_difference`` resamples two paired sets together: the spread of a difference between rows.
+``class_averaged_fid`` is the per-class FID averaged over classes: (1/K') Σ_c FID(samples of c, real of c).
 """
 
 from __future__ import annotations
@@ -199,3 +200,15 @@ def fid_with_spread(
         return [(v, None) for v in values]
     spread = bootstrap_fid(features, references, draws=draws, seed=seed).std(axis=0, ddof=1)
     return [(v, float(s)) for v, s in zip(values, spread, strict=True)]
+
+
+def class_averaged_fid(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                       references: Sequence[FrechetReference | None]) -> float | None:
+    """(1/K') Σ_c FID(features of the samples labelled c, ``references[c]``), over the K' classes that have a
+    reference and at least 2 samples (None when there is none): how far each class's samples are from that class's
+    real images, which the overall FID does not see when classes are swapped or mixed."""
+    feats = _as_features(features)
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    values = [ref.of_features(feats[labels == c]) for c, ref in enumerate(references)
+              if ref is not None and int((labels == c).sum()) >= 2]
+    return float(np.mean(values)) if values else None

@@ -1,7 +1,8 @@
 """Real-data statistics for FID (cached), and the FID floors: real against real at the samples' count N.
 
 ``reference_statistics(data, split, extractor)`` streams one split of a data set through a feature network and
-keeps (μ, Σ) of all its features, the IS of its images, and a *pool*: the features of up to ``POOL_SIZE`` of its
+keeps (μ, Σ) of all its features, (μ_c, Σ_c) of the features of each class c of the data's labels (per-class
+FID), the IS of its images, and a *pool*: the features of up to ``POOL_SIZE`` of its
 images (a seeded random subset, in data order), from which real sets of any N are drawn. Everything is cached
 as .npz under ``$CFGDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/cfgdiff``, else ``~/.cache/cfgdiff`` (or a
 ``cache_dir`` passed in), never inside the installed package. The cache file is named by the data set, the
@@ -50,7 +51,7 @@ from cfgdiff.runtime.cache import default_cache_dir
 
 POOL_SIZE = 10_000  # features of at most this many real images are kept per split (real sets for the floors)
 FLOOR_DRAWS = 20  # random real subsets averaged in a floor
-CACHE_VERSION = 2  # bump when what a cache file holds changes
+CACHE_VERSION = 3  # bump when what a cache file holds changes (3: per-class statistics; older files are recomputed)
 
 
 # -- batched feature extraction --------------------------------------------------------------------------
@@ -110,16 +111,27 @@ def data_key(name: str, source: dict[str, Any] | None) -> str:
 @dataclass
 class ReferenceStats:
     """Real-data statistics: (μ, Σ) of all features, the IS of the real data, how many examples, and ``pool``:
-    float32 features [P, D] of P = min(count, POOL_SIZE) of them, a seeded random subset (None if not kept)."""
+    float32 features [P, D] of P = min(count, POOL_SIZE) of them, a seeded random subset (None if not kept);
+    and per class c of the data's labels (None when the labels were not given): ``class_mu`` [K, D],
+    ``class_cov`` [K, D, D] and ``class_count`` [K] (a class with fewer than 2 examples has NaN statistics)."""
 
     mu: np.ndarray
     cov: np.ndarray
     inception_score: float
     count: int
     pool: np.ndarray | None = None
+    class_mu: np.ndarray | None = None
+    class_cov: np.ndarray | None = None
+    class_count: np.ndarray | None = None
 
     def frechet(self) -> FrechetReference:
         return FrechetReference(self.mu, self.cov)
+
+    def class_frechet(self, c: int) -> FrechetReference | None:
+        """The statistics of class c's real examples, or None without per-class statistics or examples."""
+        if self.class_count is None or c >= len(self.class_count) or self.class_count[c] < 2:
+            return None
+        return FrechetReference(self.class_mu[c], self.class_cov[c])
 
 
 class _Moments:
@@ -154,13 +166,28 @@ def _chunks_of(dataset: Any, batch_size: int) -> Iterable[torch.Tensor]:
         yield dataset.to_x(torch.as_tensor(dataset.stored[start:start + batch_size]))
 
 
+def _class_statistics(per_class: list[_Moments], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class_mu [K, D], class_cov [K, D, D], class_count [K]); NaN statistics for a class of < 2 examples."""
+    mus = np.full((len(per_class), dim), np.nan)
+    covs = np.full((len(per_class), dim, dim), np.nan)
+    for c, moments in enumerate(per_class):
+        if moments.count >= 2:
+            mus[c], covs[c] = moments.statistics()
+    return mus, covs, np.array([m.count for m in per_class], dtype=np.int64)
+
+
 def _compute_reference(chunks: Iterable[torch.Tensor], count: int, extractor: FeatureExtractor,
-                       batch_size: int) -> ReferenceStats:
+                       batch_size: int, labels: np.ndarray | None = None,
+                       num_classes: int | None = None) -> ReferenceStats:
     # pool row j = example pool_index[j]: a seeded random subset, kept in data order (all rows when count <= POOL_SIZE)
     pool_index = np.sort(np.random.default_rng(0).permutation(count)[:POOL_SIZE])
     position = np.full(count, -1, dtype=np.int64)
     position[pool_index] = np.arange(pool_index.size)
     moments = _Moments()
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
+    per_class = [_Moments() for _ in range(num_classes)] if labels is not None else []
     pool_feats: np.ndarray | None = None
     pool_probs: np.ndarray | None = None
     offset = 0
@@ -173,6 +200,10 @@ def _compute_reference(chunks: Iterable[torch.Tensor], count: int, extractor: Fe
                 pool_feats = np.zeros((pool_index.size, feats.shape[1]), np.float32)
                 pool_probs = np.zeros((pool_index.size, probs.shape[1]), np.float64)
             moments.add(feats)
+            if labels is not None:
+                chunk_labels = labels[offset:offset + feats.shape[0]]
+                for c in np.unique(chunk_labels):
+                    per_class[c].add(feats[chunk_labels == c])
             where = position[offset:offset + feats.shape[0]]
             keep = where >= 0
             pool_feats[where[keep]] = feats[keep]
@@ -181,7 +212,10 @@ def _compute_reference(chunks: Iterable[torch.Tensor], count: int, extractor: Fe
     if offset != count:
         raise ValueError(f"expected {count} examples, the data gave {offset}")
     mu, cov = moments.statistics()
-    return ReferenceStats(mu, cov, inception_score(pool_probs)[0], count, pool_feats)
+    stats = ReferenceStats(mu, cov, inception_score(pool_probs)[0], count, pool_feats)
+    if labels is not None:
+        stats.class_mu, stats.class_cov, stats.class_count = _class_statistics(per_class, mu.shape[0])
+    return stats
 
 
 def reference_statistics(
@@ -193,12 +227,14 @@ def reference_statistics(
     load_x: Callable[[str, str], torch.Tensor] | None = None,
     batch_size: int = 500,
 ) -> ReferenceStats:
-    """Feature statistics and pool of one split of ``data`` (a built-in name, a path, a ``cfgdiff.data.DataSpec``
-    or a loaded ``cfgdiff.data.Dataset`` of that split), cached as
+    """Feature statistics (overall and per class of the data's labels) and pool of one split of ``data`` (a
+    built-in name, a path, a ``cfgdiff.data.DataSpec`` or a loaded ``cfgdiff.data.Dataset`` of that split), cached as
     ``{cache_dir}/refstats-{name}-{hash}-{split}-{extractor.cache_key}.npz``.
 
     ``load_x(data, split)`` returns the images instead of ``cfgdiff.data.load_dataset`` (then the cache file is
-    named by ``str(data)`` alone). The IS is that of the pool (all images when there are at most POOL_SIZE).
+    named by ``str(data)`` alone, and there are no per-class statistics). The IS is that of the pool (all images
+    when there are at most POOL_SIZE). A cache file of an older ``CACHE_VERSION`` has another name (the version is
+    in the hash), so it is never read as this one: the statistics are recomputed once.
     """
     from cfgdiff.data import Dataset, DataSpec, load_dataset
 
@@ -217,20 +253,24 @@ def reference_statistics(
     if path.is_file():
         try:
             with np.load(path) as f:
+                per_class = {k: f[k] for k in ("class_mu", "class_cov", "class_count") if k in f.files}
                 return ReferenceStats(f["mu"], f["cov"], float(f["inception_score"]), int(f["count"]),
-                                      f["pool"])
+                                      f["pool"], **per_class)
         except (OSError, KeyError, ValueError):
             pass  # a corrupt or old cache entry: recompute below
     if dataset is None:
         x = load_x(str(data), split)
         stats = _compute_reference([x], int(x.shape[0]), extractor, batch_size)
     else:
-        stats = _compute_reference(_chunks_of(dataset, batch_size), len(dataset), extractor, batch_size)
+        stats = _compute_reference(_chunks_of(dataset, batch_size), len(dataset), extractor, batch_size,
+                                   labels=np.asarray(dataset.labels), num_classes=dataset.num_classes)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        per_class = ({} if stats.class_count is None else
+                     {"class_mu": stats.class_mu, "class_cov": stats.class_cov, "class_count": stats.class_count})
         np.savez(tmp, mu=stats.mu, cov=stats.cov, inception_score=stats.inception_score, count=stats.count,
-                 pool=stats.pool)
+                 pool=stats.pool, **per_class)
         os.replace(tmp, path)
     except OSError:
         pass  # an unwritable cache only costs a recomputation next time

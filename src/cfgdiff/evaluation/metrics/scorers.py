@@ -10,13 +10,21 @@ row's metric fields. ``meta(n)`` describes the references and the floors at the 
   *paired* bootstrap std (``fid_delta_std``: both rows resampled with the same multiplicities, since row i of
   every w starts from the same noise), which says whether two rows differ beyond noise; IS ± std over 10
   splits; and ``memorised``, the share of near-copies of training images (``cfgdiff.evaluation.metrics.memorisation``).
-  ``meta(n)`` adds the floors at matched N (``cfgdiff.evaluation.metrics.reference``).
+  Fidelity and diversity apart (``cfgdiff.evaluation.metrics.fidelity_diversity``), in the same feature space:
+  ``precision`` and ``recall`` (k = ``prdc_k``), ``density`` and ``coverage`` (k = ``density_k``) of the samples
+  against a seeded random subset of N of the training split's pool (equal sizes, the PRDC convention; the whole
+  pool when N is larger; the same subset for every w), each ± its standard error given the other set; ``kid`` ±
+  ``kid_std`` against the whole pool (``kid_subsets`` seeded subsets of min(1000, N, pool) of each); and
+  ``fid_per_class``, the FID of the samples of class c against the training images of class c, averaged over the
+  classes. ``meta(n)`` adds the floors at matched N (``cfgdiff.evaluation.metrics.reference``) and the settings
+  and real sets of these metrics.
 * ``VectorScorer``: for vector data such as the 2-D mixture, the sliced Wasserstein distance SW_2 (128 seeded
   directions) to held-out points (at most 10 000, a seeded subset: ``sliced_wasserstein`` overall with both sets
   class-balanced, ``sliced_wasserstein_per_class``, with a bootstrap spread) and, when the data are the exact
   three-Gaussian testbed, the mean normalised log-density of the samples under the exact guided target
   p̃_w(x | c) (``log_density`` ± its standard error, and ``log_density_target`` = -H(p̃_w), what a perfect sampler
-  of p̃_w scores).
+  of p̃_w scores); and ``precision``, ``recall``, ``density``, ``coverage`` of the samples' coordinates against
+  a seeded random subset of N held-out points (equal sizes; all of them when N is larger), as for images.
 
 Row fields not measured for a kind of data are None (JSON null), so every row has the same keys.
 """
@@ -31,7 +39,21 @@ import torch
 
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.evaluation.features import FeatureExtractor
-from cfgdiff.evaluation.metrics.fid import DEFAULT_BOOTSTRAP, fid_with_spread, paired_bootstrap_difference
+from cfgdiff.evaluation.metrics.fid import (
+    DEFAULT_BOOTSTRAP,
+    class_averaged_fid,
+    fid_with_spread,
+    paired_bootstrap_difference,
+)
+from cfgdiff.evaluation.metrics.fidelity_diversity import (
+    DENSITY_K,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+    PRDC_K,
+    kid,
+    prdc,
+    real_subset,
+)
 from cfgdiff.evaluation.metrics.guided_density import GuidedDensity, mean_log_density
 from cfgdiff.evaluation.metrics.inception_score import inception_score
 from cfgdiff.evaluation.metrics.memorisation import NearCopyDetector
@@ -47,9 +69,11 @@ HELD_OUT_MAX = 10_000  # held-out points kept as the SW reference (a seeded rand
 
 # every metric field a sweep row may carry (None where not measured)
 IMAGE_FIELDS = ("fid", "fid_std", "fid_test", "fid_test_std", "fid_delta", "fid_delta_std", "inception_score",
-                "inception_score_std", "memorised")
+                "inception_score_std", "memorised", "kid", "kid_std", "fid_per_class")
 VECTOR_FIELDS = ("sliced_wasserstein", "sliced_wasserstein_std", "sliced_wasserstein_per_class", "log_density",
                  "log_density_std", "log_density_target")
+PRDC_FIELDS = ("precision", "precision_std", "recall", "recall_std", "density", "density_std", "coverage",
+               "coverage_std")  # both kinds of data
 
 
 def metric_names(extractor_name: str) -> tuple[str, str]:
@@ -60,7 +84,22 @@ def metric_names(extractor_name: str) -> tuple[str, str]:
 
 
 def _empty_row() -> dict[str, Any]:
-    return dict.fromkeys(IMAGE_FIELDS + VECTOR_FIELDS)
+    return dict.fromkeys(IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS)
+
+
+def _prdc_fields(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int,
+                 density_k: int) -> dict[str, Any]:
+    """The PRDC_FIELDS of ``fake`` against ``real`` (None each when a set is too small for its k-NN balls)."""
+    if min(len(real), len(fake)) <= max(k, density_k):
+        return {}
+    result = prdc(real, fake, k=k, density_k=density_k)
+    return {name: getattr(result, name) for name in PRDC_FIELDS}
+
+
+def _prdc_real_definition(count: int, pool_count: int, pool_name: str) -> str:
+    if count >= pool_count:
+        return f"all {pool_count} {pool_name}"
+    return f"a seeded random subset of {count} of the {pool_count} {pool_name} (the same for every w)"
 
 
 class ScoreSet(Protocol):
@@ -84,11 +123,13 @@ class _ImageSet:
     def __init__(self, scorer: ImageScorer) -> None:
         self.scorer = scorer
         self.features = FeatureAccumulator(scorer.extractor)
+        self.labels: list[np.ndarray] = []
         self.near_copies = 0
         self.count = 0
 
     def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         self.features.add(x)
+        self.labels.append(np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64))
         if self.scorer.near_copies is not None:
             detector = self.scorer.near_copies
             self.near_copies += int((detector.distances(x) < detector.threshold).sum())
@@ -114,25 +155,49 @@ class _ImageSet:
                 row["fid_delta_std"] = float(delta.std(ddof=1))
         if s.near_copies is not None:
             row["memorised"] = self.near_copies / max(self.count, 1)
+        if s.train.pool is not None:
+            n = feats.features.shape[0]
+            row.update(_prdc_fields(s.prdc_real(n), feats.features, s.prdc_k, s.density_k))
+            if min(n, s.train.pool.shape[0]) >= 2:
+                row["kid"], row["kid_std"], _ = kid(feats.features, s.train.pool, subsets=s.kid_subsets,
+                                                    subset_size=s.kid_subset_size(n), seed=s.seed)
+        if s.train.class_count is not None:
+            references = [s.train.class_frechet(c) for c in range(len(s.train.class_count))]
+            row["fid_per_class"] = class_averaged_fid(feats.features, np.concatenate(self.labels), references)
         return row
 
 
 class ImageScorer:
-    """FID (vs train and vs test, with bootstrap spreads), IS and memorisation of image samples. One scorer per
-    sweep: the first set it scores is the baseline of the others' paired differences."""
+    """FID (vs train and vs test, with bootstrap spreads), IS, memorisation, precision/recall, density/coverage,
+    KID and the class-averaged FID of image samples (module docstring). One scorer per sweep: the first set it
+    scores is the baseline of the others' paired differences."""
 
     kind = "images"
 
     def __init__(self, extractor: FeatureExtractor, train: ReferenceStats, test: ReferenceStats | None = None,
                  *, near_copies: NearCopyDetector | None = None, bootstrap: int = DEFAULT_BOOTSTRAP,
-                 floor_draws: int = FLOOR_DRAWS, seed: int = 0) -> None:
+                 floor_draws: int = FLOOR_DRAWS, seed: int = 0, prdc_k: int = PRDC_K, density_k: int = DENSITY_K,
+                 kid_subsets: int = KID_SUBSETS) -> None:
         self.extractor, self.train, self.test = extractor, train, test
         self.near_copies = near_copies
+        self.prdc_k, self.density_k, self.kid_subsets = prdc_k, density_k, kid_subsets
+        self._prdc_real: dict[int, np.ndarray] = {}
         self.bootstrap, self.floor_draws, self.seed = bootstrap, floor_draws, seed
         self.baseline: tuple[float, np.ndarray, float] | None = None  # (w, features, FID) of the first set scored
 
     def new_set(self) -> _ImageSet:
         return _ImageSet(self)
+
+    def prdc_real(self, n: int) -> np.ndarray:
+        """The real features of PRDC at n samples: a seeded random n-subset of the training pool (see
+        ``fidelity_diversity.real_subset``), drawn once per n."""
+        if n not in self._prdc_real:
+            self._prdc_real[n] = real_subset(np.asarray(self.train.pool, np.float64), n, self.seed)
+        return self._prdc_real[n]
+
+    def kid_subset_size(self, n: int) -> int:
+        """min(1000, n, pool size): torch-fidelity's subset size where both sets have 1000 rows."""
+        return min(KID_SUBSET_SIZE, n, 0 if self.train.pool is None else self.train.pool.shape[0])
 
     def floors(self, n: int) -> tuple[Floor | None, Floor | None]:
         """(N test images vs train statistics, N training images vs test statistics); None without a pool."""
@@ -168,6 +233,17 @@ class ImageScorer:
             out.update(fid_floor_whole_test=whole, fid_floor_whole_test_count=self.test.count)
         if self.near_copies is not None:
             out.update(self.near_copies.meta())
+        if self.train.pool is not None:
+            pool_count = self.train.pool.shape[0]
+            real = _prdc_real_definition(min(n, pool_count), pool_count,
+                                         "training-split pool features (a seeded random subset of the split)")
+            out.update(prdc_k=self.prdc_k, density_k=self.density_k, prdc_real=real,
+                       prdc_real_count=min(n, pool_count), prdc_std="standard error given the other set",
+                       kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size(n),
+                       kid_real=f"all {pool_count} training-split pool features",
+                       kid_kernel="(x·y / d + 1)^3, unbiased MMD², std over subsets (ddof 0)")
+        if self.train.class_count is not None:
+            out["fid_per_class_classes"] = int((self.train.class_count >= 2).sum())
         return out
 
 
@@ -206,11 +282,13 @@ class _VectorSet:
             density = GuidedDensity(s.mixture, w)
             row["log_density"], row["log_density_std"] = mean_log_density(density, x, labels)
             row["log_density_target"] = density.target_mean(labels)
+        row.update(_prdc_fields(s.prdc_real(x.shape[0]), x, s.prdc_k, s.density_k))
         return row
 
 
 class VectorScorer:
-    """Sliced Wasserstein distance to held-out points (and the exact guided log-density on the 2-D testbed)."""
+    """Sliced Wasserstein distance to held-out points, precision/recall and density/coverage against them (and
+    the exact guided log-density on the 2-D testbed)."""
 
     kind = "vectors"
 
@@ -218,7 +296,7 @@ class VectorScorer:
                  train: torch.Tensor | None = None, train_labels: torch.Tensor | None = None,
                  mixture: GaussianMixture | None = None, projections: int = VECTOR_PROJECTIONS,
                  held_out_max: int = HELD_OUT_MAX, bootstrap: int = DEFAULT_BOOTSTRAP, floor_draws: int = FLOOR_DRAWS,
-                 seed: int = 0) -> None:
+                 seed: int = 0, prdc_k: int = PRDC_K, density_k: int = DENSITY_K) -> None:
         held_out = torch.as_tensor(held_out, dtype=torch.float64).reshape(len(held_out), -1)
         held_out_labels = torch.as_tensor(held_out_labels, dtype=torch.long)
         if len(held_out) > held_out_max:  # cost grows with the reference; 10k points pin SW far below its spread
@@ -229,6 +307,8 @@ class VectorScorer:
         self.train = None if train is None else torch.as_tensor(train, dtype=torch.float64).reshape(len(train), -1)
         self.train_labels = None if train_labels is None else torch.as_tensor(train_labels, dtype=torch.long)
         self.mixture = mixture
+        self.prdc_k, self.density_k = prdc_k, density_k
+        self._prdc_real: dict[int, torch.Tensor] = {}
         self.projections, self.bootstrap, self.floor_draws, self.seed = projections, bootstrap, floor_draws, seed
         self.directions = random_directions(self.held_out.shape[1], projections, seed=seed)
         # the held-out points projected on every direction and sorted once, for many 1-D distances
@@ -239,6 +319,12 @@ class VectorScorer:
 
     def new_set(self) -> _VectorSet:
         return _VectorSet(self)
+
+    def prdc_real(self, n: int) -> torch.Tensor:
+        """The real points of PRDC at n samples: a seeded random n-subset of the held-out points, drawn once."""
+        if n not in self._prdc_real:
+            self._prdc_real[n] = torch.from_numpy(real_subset(self.held_out.numpy(), n, self.seed))
+        return self._prdc_real[n]
 
     def _sw(self, x: torch.Tensor, weights: torch.Tensor | None, ref: SortedProjections) -> float:
         projected = self.directions @ x.to(torch.float64).T  # [L, n]
@@ -295,6 +381,10 @@ class VectorScorer:
             "log_density_name": ("mean log p̃_w(x|c) under the exact guided target" if self.mixture is not None
                                  else None),
         }
+        count = min(n, len(self.held_out))
+        out.update(prdc_k=self.prdc_k, density_k=self.density_k, prdc_real_count=count,
+                   prdc_real=_prdc_real_definition(count, len(self.held_out), "held-out points (raw coordinates)"),
+                   prdc_std="standard error given the other set")
         floor = self.floor(n)
         if floor is not None:
             out.update(sw_floor=floor[0], sw_floor_std=floor[1], sw_floor_per_class=floor[2],
@@ -305,4 +395,4 @@ class VectorScorer:
 
 def row_fields() -> Sequence[str]:
     """Every metric field a sweep row carries."""
-    return IMAGE_FIELDS + VECTOR_FIELDS
+    return IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS

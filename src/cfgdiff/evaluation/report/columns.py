@@ -33,14 +33,22 @@ KNOWN_HEADERS = {
     "sliced_wasserstein_per_class": "SW_2 per class",
     "log_density": "mean log p̃_w(x|c)",
     "log_density_target": "-H(p̃_w) (exact sampler)",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+    "kid": "KID",
 }
 # these first, in this order; the rest in the rows' order
-LEADING = ("w", "fid", "fid_test", "inception_score", "sliced_wasserstein", "log_density", "memorised", "n")
+LEADING = ("w", "fid", "fid_test", "inception_score", "sliced_wasserstein", "log_density", "precision", "recall",
+           "density", "coverage", "kid", "fid_per_class", "memorised", "n")
 INTEGER_KEYS = frozenset({"n", "steps", "seed"})
 NOT_AN_AXIS = frozenset({"seed"})  # numeric, but nothing to plot against
 # the trade-off plot's default axes: the first of each list that has a number in some row
 DEFAULT_Y = ("fid", "sliced_wasserstein", "fid_test")
 DEFAULT_X = ("inception_score", "log_density", "w")
+# the second plot: precision (y) against recall (x), one point per w, when some row has both
+PR_AXES = ("recall", "precision")
 # row field -> the meta field holding its floor (real data scored the same way), drawn as a dashed line
 FLOOR_KEYS = {"fid": "fid_floor", "fid_test": "fid_test_floor", "sliced_wasserstein": "sw_floor"}
 
@@ -93,7 +101,8 @@ def format_value(key: str, value: Any) -> str:
         return f"{value * 1e3:.2f}"
     if key in INTEGER_KEYS and float(value).is_integer():
         return str(int(value))
-    if key.startswith(("fid", "inception_score", "sliced_wasserstein", "log_density")):
+    if key.startswith(("fid", "inception_score", "sliced_wasserstein", "log_density", "precision", "recall",
+                       "density", "coverage")):
         return _metric_format(float(value))
     if key == "memorised":
         return f"{100.0 * value:.1f} %"
@@ -129,6 +138,12 @@ def header_for(key: str, meta: Mapping[str, Any]) -> str:
         return is_name
     if key == "fid_test":
         return f"{fid_name}, vs test split"
+    if key == "fid_per_class":
+        return f"{fid_name}, per class (mean)"
+    if key in ("precision", "recall") and meta.get("prdc_k") is not None:
+        return f"{key} (k = {meta['prdc_k']})"
+    if key in ("density", "coverage") and meta.get("density_k") is not None:
+        return f"{key} (k = {meta['density_k']})"
     if key == "sliced_wasserstein" and meta.get("sw_name"):
         return str(meta["sw_name"])
     if key == "log_density" and meta.get("log_density_name"):
@@ -197,6 +212,12 @@ KNOWN_META: dict[str, tuple[str, MetaFormatter]] = {
     "test_is": ("IS of the held-out test images", _metric_or_dash),
     "memorisation_test_share": ("near-copies among held-out test images",
                                 lambda v: f"{100.0 * v:.1f} %" if is_number(v) else "–"),
+    "prdc_k": ("precision/recall k", str),
+    "density_k": ("density/coverage k", str),
+    "prdc_real": ("real set of precision/recall/density/coverage", str),
+    "kid_subsets": ("KID subsets", str),
+    "kid_subset_size": ("KID subset size", str),
+    "kid_real": ("real set of KID", str),
 }
 
 

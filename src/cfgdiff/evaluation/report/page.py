@@ -27,6 +27,7 @@ from cfgdiff.evaluation.report.columns import (
     DEFAULT_Y,
     FLOOR_KEYS,
     KNOWN_META,
+    PR_AXES,
     Column,
     axis_columns,
     finite_or_none,
@@ -237,6 +238,7 @@ def render_report(sweeps: Sequence[Sweep], *, title: str | None = None, generate
         "axes": [{"key": c.key, "label": c.header, "std_key": c.std_key} for c in axes],
         "default_x": default_axis(DEFAULT_X),
         "default_y": default_axis(DEFAULT_Y),
+        "pr_axes": list(PR_AXES) if all(default_axis((k,)) == k for k in PR_AXES) else None,
         "sweeps": [{"label": s.label or s.title, "title": s.title, "rows": s.rows,
                     "floors": {k: s.meta[m] for k, m in FLOOR_KEYS.items() if _finite(s.meta.get(m))},
                     "best": primary_metric(s.rows), "has_grid": [u is not None for u in s.grids]}
@@ -267,6 +269,14 @@ def render_report(sweeps: Sequence[Sweep], *, title: str | None = None, generate
         '<figcaption id="preview-caption">Hover over or click a point.</figcaption></figure></div>'
         f"{warning}</section>"
     )
+    if data["pr_axes"]:
+        plot += (
+            '<section id="pr-section"><h2>Precision against recall</h2>'
+            '<p class="note">Fidelity (precision, y) against diversity (recall, x) in the same features, one point '
+            "per w (labelled), ± the standard errors; guidance usually trades recall for precision.</p>"
+            '<div class="plot-box"><svg id="pr-plot" role="img" aria-label="precision against recall" '
+            'viewBox="0 0 640 440" xmlns="http://www.w3.org/2000/svg"></svg></div></section>'
+        )
     csp = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
            "base-uri 'none'; form-action 'none'")
     return (

@@ -9,6 +9,7 @@
                 "#bcbd22", "#17becf"];
   var W = 640, H = 440, M = {left: 64, right: 16, top: 16, bottom: 52};
   var svg = document.getElementById("plot");
+  var prSvg = document.getElementById("pr-plot");  // precision against recall; absent without those columns
   var xSelect = document.getElementById("x-axis");
   var ySelect = document.getElementById("y-axis");
   var preview = document.getElementById("preview-img");
@@ -59,7 +60,13 @@
   }
 
   function draw() {
-    var xKey = xSelect.value, yKey = ySelect.value, xAx = axis(xKey), yAx = axis(yKey);
+    drawOn(svg, xSelect.value, ySelect.value);
+    if (prSvg && data.pr_axes) { drawOn(prSvg, data.pr_axes[0], data.pr_axes[1]); }
+    markPinned();
+  }
+
+  function drawOn(svg, xKey, yKey) {  // one plot: every sweep's rows at (row[xKey], row[yKey]), in order of w
+    var xAx = axis(xKey), yAx = axis(yKey);
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
     var xs = [], ys = [];
     var xFloors = [], yFloors = [];
@@ -131,7 +138,6 @@
         el("polyline", {"class": "curve", stroke: c, points: path.join(" ")}, g);
       }
     });
-    markPinned();
   }
 
   function describe(s, j) {
@@ -200,16 +206,19 @@
             node: node};
   }
 
-  svg.addEventListener("mouseover", function (e) { var t = target(e); if (t) { show(t.sweep, t.row); } });
-  svg.addEventListener("focusin", function (e) { var t = target(e); if (t) { show(t.sweep, t.row); } });
-  svg.addEventListener("mouseout", function (e) { if (target(e)) { showPinned(); } });
-  svg.addEventListener("click", function (e) { var t = target(e); if (t) { pin(t.sweep, t.row); } });
-  svg.addEventListener("keydown", function (e) {
-    var t = target(e);
-    if (t && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); pin(t.sweep, t.row); }
+  [svg, prSvg].forEach(function (plot) {
+    if (!plot) { return; }
+    plot.addEventListener("mouseover", function (e) { var t = target(e); if (t) { show(t.sweep, t.row); } });
+    plot.addEventListener("focusin", function (e) { var t = target(e); if (t) { show(t.sweep, t.row); } });
+    plot.addEventListener("mouseout", function (e) { if (target(e)) { showPinned(); } });
+    plot.addEventListener("click", function (e) { var t = target(e); if (t) { pin(t.sweep, t.row); } });
+    plot.addEventListener("keydown", function (e) {
+      var t = target(e);
+      if (t && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); pin(t.sweep, t.row); }
+    });
   });
   document.querySelector("main").addEventListener("click", function (e) {
-    if (svg.contains(e.target)) { return; }
+    if (svg.contains(e.target) || (prSvg && prSvg.contains(e.target))) { return; }
     var t = target(e);
     if (t && (t.node.tagName === "TR" || t.node.classList.contains("grid"))) { pin(t.sweep, t.row); }
   });
