@@ -111,10 +111,11 @@ def front_plot(result: TuneResult, path: str | os.PathLike) -> Path:
         front = pareto_front(result.trials, result.objective)
         ax.plot([t.values[0] for t in front], [t.values[1] for t in front], "o-", color="C0",  # type: ignore[index]
                 label="front")
-        for score in result.final:
+        for i, score in enumerate(result.final):
             x, y = (getattr(score.row, n, None) for n in names)
             if x is not None and y is not None:
-                ax.plot([x], [y], "x", color="C3", markersize=9)
+                ax.plot([x], [y], "x", color="C3", markersize=9,
+                        label=f"re-scored at N = {score.row.n}, fresh seeds" if i == 0 else None)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
     else:

@@ -223,13 +223,18 @@ def run_tune(make_run: MakeRun, scorer: SampleScorer, space: Sequence[Range], ob
             trial.set_user_attr("metrics", _metrics(point.row))
             trial.set_user_attr("values", list(values))
             trial.set_user_attr("violation", objective.violation(point.row))
-            if objective.constraint is not None:  # the samplers model feasibility (<= 0: feasible)
-                trial.set_constraint(objective.constraint[0], objective.violation(point.row))
             if not objective.multi:
                 trial.report(values[0], step=n)
                 if n != rungs[-1] and trial.should_prune():
+                    set_constraint(trial, point.row)
                     raise optuna.TrialPruned()
+        set_constraint(trial, point.row)
         return values if objective.multi else values[0]
+
+    def set_constraint(trial: Any, row: SweepRow) -> None:
+        """The samplers model feasibility from the trial's constraint (<= 0: feasible), set once, at its last N."""
+        if objective.constraint is not None:
+            trial.set_constraint(objective.constraint[0], objective.violation(row))
 
     best_so_far: list[TrialRecord | None] = [None]
 
