@@ -345,6 +345,18 @@ def sampling_cases(digits):
     case(A, "eval of no run", ["eval", ROOT / "missing"], shown="eval missing")
 
 
+def tune_cases(digits):
+    A = "tuning"
+    base = ["tune", digits, "--out", ROOT / "never", "--no-progress", "--steps", "1", "--n-min", "10", "--n-max", "20"]
+    for extra in (["--guidance", "nope"], ["--search", "phi=0:1"], ["--search", "w=2:1"], ["--search", "w=0-2"],
+                  ["--trials", "0"], ["--objective", "fidd"], ["--objective", "sw"], ["--objective", "pareto:fid"],
+                  ["--objective", "precision@recall=2"], ["--n-min", "30"], ["--reduction", "1"],
+                  ["--storage", "sqlite:////nonexistent/dir/study.db"], ["--storage", "postgresql://127.0.0.1:1/x"],
+                  ["--tune-interval", "--interval", "0.1,2"], ["--tune-steps", "8"],
+                  ["--tune-interval", "--search", "sigma_lo=0.1:5"]):
+        case(A, " ".join(extra), [*base, *extra], shown=f"tune digits {' '.join(extra)}")
+
+
 def guidance_cases(digits):
     A = "guidance"
     names = {"RUN": str(digits), "GMM": str(ROOT / "gmm"), "OTHER": str(ROOT / "other"),
@@ -536,10 +548,11 @@ def main_():
     distill_cases(digits)
     sampling_cases(digits)
     guidance_cases(digits)
+    tune_cases(digits)
     interop_cases()
     report_serve_cases(digits)
     order = ["command line", "config files (--config)", "data", "training and resume", "distillation",
-             "sampling and evaluation", "guidance", "interop (diffusers)", "report and serve",
+             "sampling and evaluation", "guidance", "tuning", "interop (diffusers)", "report and serve",
              "serve (HTTP requests to the explorer)", "info"]
     for area in order:
         rows = ROWS.get(area, [])
