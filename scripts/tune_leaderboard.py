@@ -65,7 +65,7 @@ def leaderboard(tunes: Path) -> tuple[list[dict[str, Any]], list[str]]:
         verdict = "inside the spread" if gap < 2 * spread else "beyond the spread"
         notes.append(f"- {e['method']}: FID {gap:+.3f} against {entries[0]['method']} (combined std {spread:.3f}): "
                      f"{verdict}")
-    return entries, ["\n".join(lines), *notes]
+    return entries, ["\n".join(lines), "", *notes]
 
 
 def fronts_plot(fronts: Path, out: Path) -> list[str]:
@@ -102,7 +102,7 @@ def main() -> None:
     entries, table = leaderboard(args.tunes)
     args.out.mkdir(parents=True, exist_ok=True)
     text = [f"# {args.title}", "", *[f"- run: `{c}`" for c in args.command],
-            f"- each row: `{entries[0]['command']}` with its method (the method's command is in its summary.json)"
+            "- each row's command is in its tune's summary.json; e.g. " + f"`{entries[0]['command']}`"
             if entries else "", "- the figures are the winners re-scored on fresh seeds (the tune's final/ folder)",
             "", *table, ""]
     if args.fronts is not None:

@@ -127,8 +127,9 @@ class TuneResult:
 
 
 def default_storage(out_dir: str | os.PathLike) -> str:
-    """The SQLite file of a tune's output folder as an Optuna storage URL."""
-    return f"sqlite:///{Path(out_dir).resolve() / STUDY_FILE}"
+    """The SQLite file of a tune's output folder as an Optuna storage URL (relative when the folder is, so what a
+    tune writes names no machine's absolute path)."""
+    return f"sqlite:///{Path(out_dir) / STUDY_FILE}"
 
 
 def open_storage(url: str, heartbeat: int) -> Any:
