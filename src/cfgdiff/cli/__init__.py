@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(apply_config_file(parser, argv))  # --config: the file's options, flags override
         if getattr(args, "func", None) is None:
             raise UsageError("a command is required; see cfgdiff --help")
+        args.argv = argv  # the command line as given, for the records a command writes
         return args.func(args)
     except (UsageError, RunDirError, CheckpointError) as err:
         print(f"cfgdiff: error: {err}", file=sys.stderr)

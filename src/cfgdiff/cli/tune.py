@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
+import shlex
 import time
 from typing import Any
 
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         return guided_run_from_args(args, source, choice, params=parts["params"], interval=parts["interval"],
                                     steps=parts["steps"])
 
-    command = "cfgdiff tune " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "cfgdiff tune"
+    command = "cfgdiff " + shlex.join(str(a) for a in getattr(args, "argv", ["tune"]))
     print(f"tune: {args.guidance} on {data or source.description}, objective {objective.text}; searching "
           f"{'; '.join(r.describe() for r in space)}; {settings.trials} trials at N = "
           f"{', '.join(str(n) for n in settings.rungs(objective.multi))}; study {study_name!r} in {storage}",
