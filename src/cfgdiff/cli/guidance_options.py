@@ -102,6 +102,16 @@ class GuidanceChoice:
                 if isinstance(v, int | float | bool)}
 
 
+def method_flag_params(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """{parameter: value} of ``method``'s numeric flags given on the command line (``METHOD_FLAGS``)."""
+    params: dict[str, Any] = {}
+    for flag, (owner, name) in METHOD_FLAGS.items():
+        value = getattr(args, _dest(flag), None)
+        if owner == method and name is not None and value is not None:
+            params[name] = value
+    return params
+
+
 def _describe_guide(guide_run: Path, model: Any) -> str:
     """What the report says about autoguidance's weaker model: its size and training steps."""
     params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
@@ -123,12 +133,10 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
         value = getattr(args, _dest(flag), None)
         if value is not None and owner != method:
             raise UsageError(f"{flag} goes with --guidance {owner}, not --guidance {method}")
-    params: dict[str, Any] = {}
-    for flag, (owner, name) in METHOD_FLAGS.items():
-        value = getattr(args, _dest(flag), None)
-        if owner == method and name is not None and value is not None:
-            params[name] = value
-            argv += [flag, "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}"]
+    params = method_flag_params(args, method)
+    flags = {name: flag for flag, (owner, name) in METHOD_FLAGS.items() if owner == method}
+    for name, value in params.items():
+        argv += [flags[name], "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}"]
     lines: list[str] = []
     if method == "thresholding":
         if x_bound is None:

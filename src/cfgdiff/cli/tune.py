@@ -22,7 +22,7 @@ from typing import Any
 
 from cfgdiff.cli.arguments import UsageError, device, output_path, positive_int, progress
 from cfgdiff.cli.config_file import to_toml, toml_value
-from cfgdiff.cli.guidance_options import METHOD_FLAGS, add_guidance_options, guidance_from_args
+from cfgdiff.cli.guidance_options import METHOD_FLAGS, add_guidance_options, guidance_from_args, method_flag_params
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
 from cfgdiff.cli.sampling_options import add_sampler_options, guided_run_from_args, interval_of
 from cfgdiff.cli.scoring_options import add_scoring_options, check_scoring_options, scorer_for
@@ -173,11 +173,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("a distilled student is already guided: there is nothing to tune")
     if args.batch_size is None:
         args.batch_size = default_chunk(source.data_shape, args.device)
-    fixed = {name for flag, (method, name) in METHOD_FLAGS.items()
-             if method == args.guidance and name is not None and getattr(args, flag.lstrip("-").replace("-", "_"))
-             is not None}
+    fixed = method_flag_params(args, args.guidance)  # a method parameter given as a flag is not searched
     try:
-        space = search_space(args.guidance, fixed=dict.fromkeys(fixed), overrides=overrides,
+        space = search_space(args.guidance, fixed=fixed, overrides=overrides,
                              interval=args.tune_interval, steps=args.tune_steps)
     except ValueError as err:
         raise UsageError(f"tune: {err}") from None
@@ -260,8 +258,8 @@ def run(args: argparse.Namespace) -> int:
     print(pruning_line(result))
     for score in result.final:
         row = score.row
-        shown = {k: getattr(row, k, None) for k in ("fid", "fid_std", "kid", "kid_std", "precision", "recall",
-                                                    "sliced_wasserstein", "sliced_wasserstein_std")}
+        shown = {k: getattr(row, k) for k in ("fid", "fid_std", "kid", "kid_std", "precision", "recall",
+                                              "sliced_wasserstein", "sliced_wasserstein_std")}
         text = ", ".join(f"{k} = {v:.4g}" for k, v in shown.items() if v is not None and math.isfinite(v))
         setting = ", ".join(f"{k} = {v:.4g}" for k, v in score.trial.params.items())
         print(f"chosen trial {score.trial.number} ({setting}) re-scored at N = {row.n} on fresh seeds: {text}, "

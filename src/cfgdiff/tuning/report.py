@@ -19,10 +19,9 @@ from matplotlib.figure import Figure
 
 from cfgdiff.evaluation.plotting import save_figure
 from cfgdiff.runtime.checkpoint import atomic_write_text
-from cfgdiff.tuning.study import TuneResult, pareto_front
+from cfgdiff.tuning.study import SCORED_FIELDS, TuneResult, pareto_front
 
-TABLE_METRICS = ("fid", "kid", "fid_per_class", "precision", "recall", "density", "coverage", "inception_score",
-                 "sliced_wasserstein", "nfe_per_sample")
+TABLE_METRICS = tuple(m for m in SCORED_FIELDS if not m.endswith("_std"))  # the table's metric columns
 
 
 def _fmt(value: Any) -> str:
@@ -75,10 +74,8 @@ def _final_lines(result: TuneResult) -> list[str]:
         row, parts = score.row, score.trial.params
         setting = ", ".join(f"{k} = {_fmt(v)}" for k, v in parts.items())
         metrics = [f"FID {_pm(row.fid, row.fid_std)}" if row.fid is not None else None,
-                   f"KID {_pm(getattr(row, 'kid', None), getattr(row, 'kid_std', None))}"
-                   if getattr(row, "kid", None) is not None else None,
-                   f"precision {_fmt(getattr(row, 'precision', None))}, recall {_fmt(getattr(row, 'recall', None))}"
-                   if getattr(row, "precision", None) is not None else None,
+                   f"KID {_pm(row.kid, row.kid_std)}" if row.kid is not None else None,
+                   f"precision {_fmt(row.precision)}, recall {_fmt(row.recall)}" if row.precision is not None else None,
                    f"SW_2 {_pm(row.sliced_wasserstein, row.sliced_wasserstein_std)}"
                    if row.sliced_wasserstein is not None else None,
                    f"NFE / sample {row.nfe_per_sample:g}"]

@@ -165,7 +165,7 @@ def _record(trial: Any) -> TrialRecord:
 
 
 def _metrics(row: SweepRow) -> dict[str, Any]:
-    return {k: getattr(row, k, None) for k in SCORED_FIELDS if getattr(row, k, None) is not None}
+    return {k: getattr(row, k) for k in SCORED_FIELDS if getattr(row, k) is not None}
 
 
 def run_tune(make_run: MakeRun, scorer: SampleScorer, space: Sequence[Range], objective: Objective,
