@@ -44,6 +44,7 @@ from cfgdiff.training.rundir import (
     DIFFUSION_LAYOUT,
     RunLayout,
     RunLock,
+    check_not_locked,
     check_run_dir,
     drop_future,
     make_run_dir,
@@ -207,8 +208,8 @@ def train_or_resume(
 ) -> Trainer:
     """Train (or continue) one run of ``layout`` in ``run_dir``; returns the Trainer at the end.
 
-    An existing ``run_dir`` is locked first (``RunLock``, rank 0), so a directory another process trains is
-    refused (``RunDirLocked``, naming its PID) before anything is read or written; ``time_budget`` as ``fit``'s.
+    A directory another process trains (it holds the ``RunLock``) is refused first (``RunDirLocked``, naming its
+    PID), before anything is read or written; ``time_budget`` as ``fit``'s.
 
     In order: ``check_run_dir``; on resume the latest checkpoint's config (``read_config``, by default
     ``type(config).from_json``) with ``resume_changes`` applied (``apply_resume_changes``: loop options in
@@ -218,12 +219,11 @@ def train_or_resume(
     written; ``init_distributed``; ``plan.build(dist)``; ``fit`` (the config changes go into the log's resume
     event); the process group is left even when training raises.
     """
-    with contextlib.ExitStack() as held:
-        if int(os.environ.get("RANK", "0")) == 0 and Path(run_dir).is_dir():
-            held.enter_context(RunLock(run_dir))
-        return _train_or_resume(config, run_dir, plan=plan, layout=layout, fixed=fixed, read_config=read_config,
-                                resume=resume, overwrite=overwrite, resume_changes=resume_changes, on_step=on_step,
-                                on_start=on_start, handle_signals=handle_signals, time_budget=time_budget)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_not_locked(run_dir)  # refused at once, nothing read or written; fit takes the lock itself
+    return _train_or_resume(config, run_dir, plan=plan, layout=layout, fixed=fixed, read_config=read_config,
+                            resume=resume, overwrite=overwrite, resume_changes=resume_changes, on_step=on_step,
+                            on_start=on_start, handle_signals=handle_signals, time_budget=time_budget)
 
 
 def _train_or_resume(config: LoopConfig, run_dir: str | os.PathLike, *, plan, layout: RunLayout,

@@ -236,6 +236,19 @@ def lock_holder(run_dir: str | os.PathLike) -> int | None:
         os.close(fd)
 
 
+def check_not_locked(run_dir: str | os.PathLike) -> None:
+    """Raise ``RunDirLocked`` naming the PID when another process trains in ``run_dir`` (writes nothing)."""
+    pid = lock_holder(run_dir)
+    if pid:
+        raise RunDirLocked(_locked_message(Path(run_dir), pid if pid > 0 else None))
+
+
+def _locked_message(run_dir: Path, pid: int | None) -> str:
+    who = f"process {pid}" if pid else "another process"
+    return (f"{run_dir} is being trained by {who} (it holds {run_dir / LOCK_FILE}); wait for it to finish or "
+            "stop it, or train in another --run-dir")
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
@@ -271,9 +284,7 @@ class RunLock:
                 if attempt == 4:
                     pid = _read_pid(fd)
                     os.close(fd)
-                    who = f"process {pid}" if pid else "another process"
-                    raise RunDirLocked(f"{self.run_dir} is being trained by {who} (it holds {path}); wait for it "
-                                       "to finish or stop it, or train in another --run-dir") from None
+                    raise RunDirLocked(_locked_message(self.run_dir, pid)) from None
                 import time
 
                 time.sleep(0.05)
