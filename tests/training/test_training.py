@@ -110,8 +110,8 @@ def test_an_interrupted_cosine_run_resumes_bit_exactly(tmp_path):
     straight = train(config, tmp_path / "straight")
     started = []
 
-    def stop_at_25(step, loss):
-        started[0].stop_requested = step >= 25
+    def stop_at_25(step, loss):  # a request after step 24 is agreed in step 25, which then checkpoints and stops
+        started[0].stop_requested = step >= 24
 
     first = train(config, tmp_path / "resumed", on_start=started.append, on_step=stop_at_25)
     assert first.interrupted and first.step == 25
