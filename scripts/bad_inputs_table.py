@@ -231,6 +231,12 @@ def training_cases(digits):
     u = ["train", "--data", "digits", "--run-dir", ROOT / "never", "--steps", "1", "--no-progress"]
     case(A, "attention at a level the U-Net lacks", [*u, "--attn-levels", "5"], shown="train --attn-levels 5")
     case(A, "a width multiplier < 1", [*u, "--channel-mults", "0,1"], shown="train --channel-mults 0,1")
+    for value in ("0s", "ten minutes", "5y"):
+        case(A, f"--time-budget {value}", ["train", "--data", "gmm2d", "--run-dir", ROOT / "never", "--time-budget",
+                                           value], shown=f"{shown} --time-budget {value}")
+    case(A, "--time-budget with --steps", [*g, "--time-budget", "10m"], shown=f"{shown} --steps 1 --time-budget 10m")
+    case(A, "--lr-schedule that does not exist", [*g, "--lr-schedule", "linear"],
+         shown=f"{shown} --lr-schedule linear")
     case(A, "--run-dir that is a file", [*g, "--run-dir", ROOT / "afile"], shown=f"{shown} --run-dir afile")
     case(A, "--run-dir under a file", [*g, "--run-dir", ROOT / "afile" / "x"], shown=f"{shown} --run-dir afile/x")
     gmm = ROOT / "gmm"
@@ -323,6 +329,13 @@ def sampling_cases(digits):
          shown="sample digits --out empty")
     case(A, "--out under a file", ["sample", digits, "--out", ROOT / "afile" / "g.png", "--steps", "1"],
          shown="sample digits --out afile/g.png")
+    case(A, "--n-per-class that cannot fit in memory", [*s, "--n-per-class", "100000000"],
+         shown="sample digits --n-per-class 100000000")
+    case(A, "--out in a folder that cannot be written", [*s[:2], "--out", "/proc/cfgdiff/grid.png", "--steps", "2"],
+         shown="sample digits --out /proc/cfgdiff/grid.png")
+    case(A, "eval --out in a folder that cannot be written",
+         ["eval", digits, "--out", "/proc/cfgdiff/eval", "--n", "8", "--w", "0", "--steps", "2", "--no-progress"],
+         shown="eval digits --out /proc/cfgdiff/eval")
     for name, what in (("missing", "no run there"), ("empty", "a directory without a checkpoint"),
                        ("truncated", "a truncated checkpoint"), ("pickled", "a pickle named .safetensors"),
                        ("foreign", "a safetensors file not written by cfgdiff")):
@@ -466,7 +479,8 @@ def serve_requests(digits):
             ("api/grid?w=1&classes=12", "GET", {}), ("api/grid?w=1&classes=seven", "GET", {}),
             ("api/grid?w=1&classes=", "GET", {}), ("api/grid?w=1&classes=3,3", "GET", {}),
             ("api/grid?w=1&steps=0", "GET", {}), ("api/grid?w=1&steps=2.5", "GET", {}),
-            ("api/grid?w=abc", "GET", {}), ("api/grid?w=nan", "GET", {}), ("api/grid", "GET", {}),
+            ("api/grid?w=abc", "GET", {}), ("api/grid?w=nan", "GET", {}), ("api/grid?w=1e308", "GET", {}),
+            ("api/grid?w=-11", "GET", {}), (f"api/grid?w=1&seed={10**29}", "GET", {}), ("api/grid", "GET", {}),
             ("api/grid?w=1&n=8", "GET", {}), ("api/grid?w=1&n=0", "GET", {}), ("api/grid?w=1&sampler=euler", "GET", {}),
             ("api/grid?w=1&method=magic", "GET", {}), ("api/grid?w=1&interval=2,1", "GET", {}),
             ("api/grid?w=1&interval=1", "GET", {}), ("api/grid?w=1&seed=-3", "GET", {}),

@@ -236,11 +236,23 @@ def test_floor_at_matched_n_is_the_fid_of_independent_real_sets(n):
     ref = FrechetReference(*feature_statistics(rng.standard_normal((20000, dim))))
     direct = np.array([ref.of_features(rng.standard_normal((n, dim))) for _ in range(400)])
     floors = [matched_floor(rng.standard_normal((300, dim)), ref, n, draws=10, seed=s) for s in range(40)]
-    assert {f.method for f in floors} == {"subsets" if n <= 300 else "extrapolated"}
+    methods = {f.method for f in floors}
+    assert methods == {"subsets"} if n <= 300 else methods <= {"extrapolated", "lower bound"}
     values = np.array([f.value for f in floors])
     se = math.sqrt(values.var(ddof=1) / values.size + direct.var(ddof=1) / direct.size)
     assert abs(values.mean() - direct.mean()) < 4 * se
     assert values.mean() > 0.5 * direct.mean()  # and not trivially close: the floor is of the right size
+
+
+def test_extrapolated_floor_is_never_below_the_mean_term():
+    """A pool that IS the reference: FID(M) = 0 and subsets fall towards it, so the fit a + b/n crosses 0 below
+    some n; the floor at large n is then the bound Tr Σ / n (E||μ̂_n − μ||², which E FID exceeds), marked so."""
+    pool = np.random.default_rng(5).standard_normal((300, 3))
+    ref = FrechetReference(*feature_statistics(pool))
+    floor = matched_floor(pool, ref, 100_000)
+    assert floor.method == "lower bound" and floor.std is None
+    assert floor.value == pytest.approx(np.trace(np.cov(pool, rowvar=False)) / 100_000) and floor.value > 0
+    assert "at least the mean term" in floor.describe("test images", "training split")
 
 
 def test_matched_floor_subsets_and_whole_pool():

@@ -18,7 +18,7 @@ from cfgdiff.runtime.checkpoint import (
     save_checkpoint,
 )
 from cfgdiff.training import CHECKPOINT_FILE, LOSS_FILE, default_config, train
-from cfgdiff.training.rundir import DIFFUSION_LAYOUT, drop_future, write_checkpoint
+from cfgdiff.training.rundir import DIFFUSION_LAYOUT, LOCK_FILE, drop_future, write_checkpoint
 from tests.training_support import TINY_MLP
 
 V1_RUN = Path(__file__).parents[1] / "fixtures" / "v1" / "gmm2d_run"  # written by cfgdiff 0.1's trainer (3 steps)
@@ -102,13 +102,13 @@ def test_keep_k_step_files_and_a_latest_that_names_the_newest(tmp_path):
     assert latest.read_bytes() == newest.read_bytes() and read_metadata(latest)["step"] == 10
     assert latest.stat().st_ino == newest.stat().st_ino  # one write: the latest is a hard link
     assert load_model(newest).train_step == 10
-    assert not list(tmp_path.glob(".*"))  # no temporary files left
+    assert [p.name for p in tmp_path.glob(".*")] == [LOCK_FILE]  # no temporary files left; the (free) lock stays
 
 
 def test_keep_zero_writes_only_the_latest(tmp_path):
     train(default_config("gmm2d", steps=4, batch_size=8, checkpoint_every=2, keep=0, model=TINY_MLP), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_FILE, "config.json", "data.json",
-                                                                 LOSS_FILE])
+                                                                 LOSS_FILE, LOCK_FILE])
 
 
 def test_resume_removes_what_an_interrupted_run_left_past_the_checkpoint(tmp_path):

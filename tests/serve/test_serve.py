@@ -25,7 +25,7 @@ from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import cfg
 from cfgdiff.sampling.generate import generate_samples
 from cfgdiff.serve import Explorer, ExplorerServer, Limits, RequestError
-from cfgdiff.serve.explorer import request_as_query
+from cfgdiff.serve.explorer import MAX_SEED, W_RANGE, request_as_query
 from cfgdiff.serve.images import PAD, to_uint8
 from cfgdiff.serve.methods import CFG, Method, registry_methods
 from cfgdiff.training import load_model
@@ -90,7 +90,10 @@ def _decode(png: bytes) -> np.ndarray:
     ({"w": "1", "method": "magic"}, "unknown guidance method 'magic'"),
     ({"w": "1", "interval": "2,1"}, "0 <= SIGMA_LO < SIGMA_HI"),
     ({"w": "1", "interval": "1"}, "interval takes SIGMA_LO,SIGMA_HI"),
-    ({"w": "1", "seed": "-3"}, "seed must be >= 0"),
+    ({"w": "1", "seed": "-3"}, "seed must lie in [0, 2^63 - 1], got -3"),
+    ({"w": "1", "seed": str(10**29)}, "seed must lie in [0, 2^63 - 1]"),
+    ({"w": "1e308"}, "w must lie in [-10, 50]"),
+    ({"w": "-11"}, "w must lie in [-10, 50]"),
     ({"w": "1", "v_interp": "2"}, "v_interp must lie in [0, 1]"),
     ({"w": "1", "p.phi": "0.5"}, "method cfg has no parameter 'phi'"),
     ({"w": "1", "bogus": "1"}, "unknown parameter 'bogus'"),
@@ -239,7 +242,7 @@ def test_http_routes_and_answers(server):
     status, _, body = _get(server.url + "api/info")
     info = json.loads(body)
     assert status == 200 and info["num_classes"] == 10 and "dpmpp_2m" in info["samplers"]
-    assert info["limits"] == {"max_samples": 40, "max_steps": 20}
+    assert info["limits"] == {"max_samples": 40, "max_steps": 20, "w": list(W_RANGE), "seed": [0, MAX_SEED]}
     assert info["defaults"]["n"] * len(info["defaults"]["classes"]) <= 40
     status, headers, body = _get(server.url + "api/grid?w=1&classes=0,1&n=2&steps=2")
     grid = json.loads(body)
@@ -252,6 +255,10 @@ def test_http_routes_and_answers(server):
     ("api/grid?w=1&classes=99", 400, "class 99 outside [0, 10)"),
     ("api/grid?w=1&steps=0", 400, "steps must lie in [1, 20], got 0"),
     ("api/grid?w=abc", 400, "w must be a number, got 'abc'"),
+    ("api/grid?w=1e308", 400, f"w must lie in [{W_RANGE[0]:g}, {W_RANGE[1]:g}]"),
+    (f"api/grid?w={W_RANGE[1] + 1:g}", 400, f"w must lie in [{W_RANGE[0]:g}, {W_RANGE[1]:g}]"),
+    (f"api/grid?w=1&seed={10**29}", 400, "seed must lie in [0, 2^63 - 1]"),
+    (f"api/grid?w=1&seed={MAX_SEED + 1}", 400, "seed must lie in [0, 2^63 - 1]"),
     ("api/grid?w=1&n=8", 400, "80 samples; this server draws at most 40 per request"),
     ("api/grid?w=1&w=2", 400, "parameter 'w' is given twice"),
     ("api/grid?" + "&".join(f"x{i}=1" for i in range(40)), 400, "too many query parameters"),

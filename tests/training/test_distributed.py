@@ -21,9 +21,10 @@ from cfgdiff.training import (
     init_distributed,
     train,
 )
+from cfgdiff.training.rundir import LOCK_FILE
 from tests.training_support import TINY_MLP, fixed_noise_loss, free_port, run_spawned_group
 
-RUN_FILES = {CHECKPOINT_FILE, "config.json", "data.json", LOSS_FILE}
+RUN_FILES = {CHECKPOINT_FILE, "config.json", "data.json", LOSS_FILE, LOCK_FILE}  # the lock: rank 0's, free now
 
 
 def _job(run_dir, *, steps, fixed_noise, resume=False, **config):

@@ -88,7 +88,9 @@ def test_checkpoint_round_trip_is_exact(gmm_run):
 
 
 def test_resume_continues_and_matches_uninterrupted_run(tmp_path):
-    config = dict(steps=40, batch_size=64, checkpoint_every=10, log_every=10, model=TINY_MLP)
+    # a flat learning rate does not depend on the total, so a larger total on resume continues the same run
+    config = dict(steps=40, batch_size=64, checkpoint_every=10, log_every=10, model=TINY_MLP, lr_schedule="constant",
+                  warmup_steps=4)
     straight = train(default_config("gmm2d", **config), tmp_path / "straight")
     train(default_config("gmm2d", **{**config, "steps": 25}), tmp_path / "resumed")
     resumed = train(default_config("gmm2d", **config), tmp_path / "resumed", resume=True)
@@ -98,6 +100,25 @@ def test_resume_continues_and_matches_uninterrupted_run(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "resumed" / LOSS_FILE).read_text().splitlines()]
     assert [e["step"] for e in lines if "loss" in e] == [10, 20, 25, 30, 40]
     assert [e for e in lines if "event" in e] == [{"event": "resume", "step": 25, "changed": {"steps": [25, 40]}}]
+
+
+def test_an_interrupted_cosine_run_resumes_bit_exactly(tmp_path):
+    """The cosine schedule depends on (step, total) only: stopped at step 25 of 40 and resumed, the run ends
+    with the weights of the uninterrupted one, bit for bit."""
+    config = default_config("gmm2d", steps=40, batch_size=64, checkpoint_every=10, log_every=10, model=TINY_MLP)
+    assert config.lr_schedule == "cosine"
+    straight = train(config, tmp_path / "straight")
+    started = []
+
+    def stop_at_25(step, loss):  # a request after step 24 is agreed in step 25, which then checkpoints and stops
+        started[0].stop_requested = step >= 24
+
+    first = train(config, tmp_path / "resumed", on_start=started.append, on_step=stop_at_25)
+    assert first.interrupted and first.step == 25
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    assert resumed.step == 40
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def test_run_dir_protection(tmp_path):

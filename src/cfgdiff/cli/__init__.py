@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from cfgdiff.cli.arguments import Parser, UsageError
@@ -49,10 +50,28 @@ def build_parser() -> Parser:
     return parser
 
 
+def process_started() -> float:
+    """The time.monotonic() at which this process started (Linux: from /proc; elsewhere: now), so that a
+    ``--time-budget`` counts the interpreter's start-up and imports too."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5): starttime, in clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        if 0 <= age < 3600:
+            return time.monotonic() - age
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.monotonic()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cfgdiff`` console script and ``python -m cfgdiff``."""
     from cfgdiff.training import RunDirError, TrainingDiverged
 
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
@@ -63,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "func", None) is None:
             raise UsageError("a command is required; see cfgdiff --help")
         args.argv = argv  # the command line as given, for the records a command writes
+        args.started = process_started() if as_program else time.monotonic()  # (--time-budget counts from it)
         return args.func(args)
     except (UsageError, RunDirError, CheckpointError) as err:
         print(f"cfgdiff: error: {err}", file=sys.stderr)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +22,23 @@ class UsageError(ValueError):
     """Bad command-line input: reported as one line, exit status 2."""
 
 
+# A word that starts with '-' and then a digit (or '.' and a digit) is a value, never an option: negative numbers
+# and lists of them (``--w -1,0,1``, ``--guidance-scale -0.5``, ``--w-range -1:4``, ``--compose "3:-1,8:+2"``-like
+# words that begin with a minus), which argparse alone takes for an unknown option ("expected one argument").
+NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line and exit status 2 (no usage dump)."""
+    """An ``ArgumentParser`` whose errors are one line and exit status 2 (no usage dump), and that reads a word
+    starting with '-' and a digit as a value (``NEGATIVE_VALUE``), so negative weights need no ``--w=-1``."""
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         raise UsageError(message)
+
+    def _parse_optional(self, arg_string):  # argparse's hook: None means "a value, not an option"
+        if NEGATIVE_VALUE.match(arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def float_list(text: str) -> list[float]:
@@ -128,6 +142,92 @@ def output_path(flag: str, *, directory: bool = False) -> Callable[[str], Path]:
         return path
 
     return parse
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(flag: str) -> Callable[[str], float]:
+    """An argparse type: a wall-clock duration in seconds, written ``90s``, ``10m``, ``1.5h``, ``2d`` or a bare
+    number of seconds; it must be positive and finite."""
+
+    def parse(text: str) -> float:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _DURATION_UNITS:
+            raise argparse.ArgumentTypeError(f"{flag} takes a duration such as 90s, 10m or 1.5h, got {text!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive duration, got {text!r}")
+        return seconds
+
+    return parse
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as people write it: 45 s, 10.0 min, 1.50 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Refuse (``UsageError``, one line) an output path that cannot be written, before any work: the nearest
+    existing folder of ``path`` (itself when it is one) must take a new file. Probed by creating and removing a
+    temporary file there, since permission bits do not tell (root, read-only mounts)."""
+    import tempfile
+
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cfgdiff-write-probe-", dir=folder)
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new allocations: psutil's ``available`` when installed, else
+    ``MemAvailable`` of /proc/meminfo, else free pages (os.sysconf); None when none of these can tell."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - not installed, or not supported here
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_fits_in_memory(what: str, needed: float, *, hint: str = "") -> None:
+    """Refuse (``UsageError``, one line) a job whose ``needed`` bytes exceed the memory available now."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UsageError(f"{what} needs about {format_bytes(needed)} of memory, {format_bytes(available)} is "
+                         f"available{'; ' + hint if hint else ''}")
 
 
 def device(text: str) -> str:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
-from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, positive_int, progress
+from cfgdiff.cli.arguments import (
+    UsageError,
+    check_fits_in_memory,
+    check_writable,
+    device,
+    float_list,
+    output_path,
+    positive_int,
+    progress,
+)
 from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
@@ -108,7 +118,8 @@ def _summary(result) -> list[str]:
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     lines = []
     if meta.get("fid_floor") is not None:
-        lines.append(f"floor at N = {n}: {fid_name} = {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} vs "
+        at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""  # all the pool can resolve
+        lines.append(f"floor at N = {n}: {fid_name} = {at_least}{_pm(meta['fid_floor'], meta.get('fid_floor_std'))} vs "
                      f"training split ({n} held-out test images, {meta['fid_floor_method']}), "
                      f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} vs test split "
                      f"({n} training images)")
@@ -167,6 +178,10 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     spec, scorer, mixture = scoring if dist.is_main else (None, None, None)
     out = args.out if args.out is not None else (
         source.home / "eval" / f"{'distilled' if student else args.guidance}-{args.sampler}-T{args.steps}")
+    if dist.is_main:  # before any sampling: the folder takes files, and one w's samples fit (scored, then dropped)
+        check_writable("--out", out)
+        check_fits_in_memory(f"eval --n {args.n}", 2 * args.n * math.prod(source.image_shape) * 4,
+                             hint="lower --n")
     if args.n < SMALL_N and dist.is_main:
         print(f"cfgdiff: warning: --n {args.n} is below {SMALL_N}: distances to real data (FID, SW) are biased "
               "upward at small N and their spread (± in the table) is larger than most differences between w; "
@@ -206,5 +221,5 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
         print(line)
     written = [p.name for key, p in paths.items() if not key.startswith("grid_")]
     print(f"wrote {', '.join(written)} and {len(result.grids)} per-w grids in {out / 'grids'} to {out} "
-          f"({seconds:.0f} s)")
+          f"({seconds:.0f} s{source.step_note})")
     return EXIT_OK

@@ -200,8 +200,11 @@ def _one_run(run_dir: Path, layout: Any, kind: str, trainer: str, checkpoint: Pa
     params = sum(math.prod(shape) for name, shape in shapes.items() if name.startswith("model."))
     log_lines, events, torn = _log(run_dir / layout.loss_log, losses)
     step, total = int(meta.get("step", 0)), config.get("steps")
+    from cfgdiff.training.rundir import lock_holder
+
     record: dict[str, Any] = {
         "kind": kind, "trained_by": trainer, "checkpoint": str(checkpoint),
+        "training_now": lock_holder(run_dir),  # the PID of a live trainer of this directory, or None
         "step": step, "steps": total, "complete": total is not None and step >= int(total),
         "format_version": meta.get("format_version", 1), "world_size": meta.get("world_size", 1),
         "skipped_nonfinite": meta.get("skipped_nonfinite", 0),
@@ -254,6 +257,10 @@ def format_info(info: dict[str, Any]) -> str:
     out = []
     for r in info["runs"]:
         state = "complete" if r["complete"] else "incomplete: resume with --resume"
+        if r.get("training_now"):
+            pid = r["training_now"]
+            state = (f"being trained now by process {pid if pid > 0 else '(unknown)'}; step {r['step']} is its "
+                     "latest checkpoint")
         out.append(f"{info['run_dir']}: {_TITLES.get(r['kind'], r['kind'])} ({r['trained_by']}), step {r['step']} "
                    f"of {r['steps']} ({state})")
         d = r["data"]

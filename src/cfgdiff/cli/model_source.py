@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +69,14 @@ class ModelSource:
     autocast: bool = False  # bf16 autocast by default (diffusers models on CUDA)
     meta: dict[str, Any] = field(default_factory=dict)  # a run's checkpoint metadata
     command_args: list[str] = field(default_factory=list)  # how the model was named on the command line
+
+    @property
+    def step_note(self) -> str:
+        """" from step S of T" for a run (the checkpoint read), "" for other sources."""
+        if self.kind != "run" or "step" not in self.meta:
+            return ""
+        total = (self.meta.get("train_config") or {}).get("steps")
+        return f" from step {self.meta['step']}" + (f" of {total}" if total else "")
 
     def sampler_range(self, sampler: str) -> dict[str, float]:
         """``logsnr_min`` / ``logsnr_max`` for ``sampler``: its defaults clipped to the trained range."""
@@ -158,6 +167,14 @@ def load_model_source(args: argparse.Namespace, *, ema: bool = True, device: str
     run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
     ckpt = args.run_dir / CHECKPOINT_FILE if args.run_dir.is_dir() else args.run_dir
     meta = read_metadata(ckpt)
+    from cfgdiff.training.rundir import lock_holder
+
+    pid = lock_holder(run_dir)
+    if pid:  # a live run: its latest checkpoint was read (checkpoints are written atomically, so whole)
+        total = (meta.get("train_config") or {}).get("steps")
+        print(f"cfgdiff: note: {run_dir} is being trained now by process {pid if pid > 0 else '(unknown)'}; "
+              f"using its checkpoint at step {meta.get('step', 0)}{f' of {total}' if total else ''}",
+              file=sys.stderr)
     names = tuple(getattr(model, "class_names", ()) or ()) or tuple(str(c) for c in range(model.num_classes))
     return ModelSource(
         eps_fn=model, kind="run", num_classes=int(model.num_classes), data_shape=tuple(model.data_shape),

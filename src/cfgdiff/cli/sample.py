@@ -8,7 +8,17 @@ import time
 import numpy as np
 import torch
 
-from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, positive_int, progress, resolve_weights
+from cfgdiff.cli.arguments import (
+    UsageError,
+    check_fits_in_memory,
+    check_writable,
+    device,
+    float_list,
+    output_path,
+    positive_int,
+    progress,
+    resolve_weights,
+)
 from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
@@ -78,21 +88,29 @@ def _sample(args: argparse.Namespace, dist) -> int:
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png path, got {out}")
     is_image = len(source.image_shape) == 3
+    n_total = len(classes) * args.n_per_class
+    _check_sizes(args, ws, n_total, source, is_image)  # before anything of that size is allocated
+    if dist.is_main:
+        check_writable("--out", out)  # before any sampling
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
     interval_of(args)  # check --interval before any work
     run = guided_run_from_args(args, source, choice, student=student, network_options={
         "autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile})
 
-    samples: dict[float, torch.Tensor] = {}
+    # every w's samples, written chunk by chunk into one array (held once: the grid and the .npz read it)
+    kept = np.empty((len(ws), n_total, *source.image_shape), dtype=np.float32) if dist.is_main else None
     nfe: dict[float, float] = {}
     bar = progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)",
                    args.no_progress or not dist.is_main)
     t0 = time.perf_counter()
     with bar:
-        for w in ws:
+        for i, w in enumerate(ws):
             run.counter.reset()  # counts the rows of every network the guidance calls (NFE)
-            samples[w] = run.samples(labels, w, seed=args.seed, dist=dist,  # same noise in every w panel
-                                     on_chunk=bar.update)
+            filled = 0
+            for x in run.iter_samples(labels, w, seed=args.seed, dist=dist):  # same noise in every w panel
+                kept[i, filled:filled + x.shape[0]] = x.numpy()
+                filled += x.shape[0]
+                bar.update(x.shape[0])
             nfe[w] = sum_over_ranks(run.denoiser_rows(), dist) / labels.shape[0]  # a guided step counts 2 rows
     seconds = time.perf_counter() - t0
     if not dist.is_main:
@@ -100,17 +118,39 @@ def _sample(args: argparse.Namespace, dist) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     names = source.class_names
     if is_image:
-        grid = {w: x.reshape(len(classes), args.n_per_class, *source.image_shape).numpy() for w, x in samples.items()}
+        grid = {w: kept[i].reshape(len(classes), args.n_per_class, *source.image_shape) for i, w in enumerate(ws)}
         save_sample_grid(grid, out, class_names=[names[c] for c in classes])
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
-                            {w: (x.numpy(), labels.numpy()) for w, x in samples.items()}, out)
+                            {w: (kept[i], labels.numpy()) for i, w in enumerate(ws)}, out)
     npz = out.with_suffix(".npz")
-    np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
+    np.savez_compressed(npz, samples=kept, labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
                         nfe_per_sample=np.array([nfe[w] for w in ws]))
     write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
     per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (" (distilled: one row per step)" if student else "")
-    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s); "
+    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples{source.step_note}, {seconds:.1f} s); "
           f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")
     return EXIT_OK
+
+
+ACTIVATION_FACTOR = 64  # a chunk's network activations, guessed as this many copies of its [2B, *shape] input
+SCREEN_PIXELS = 48  # the grid upscales each image to at least this many pixels a side (plotting.save_sample_grid)
+
+
+def _check_sizes(args: argparse.Namespace, ws, n_total: int, source, is_image: bool) -> None:
+    """Refuse (one line, exit 2) a request whose memory cannot fit: the samples kept for the grid and the .npz
+    (float32), the grid's figure (RGBA, upscaled), one chunk's network activations (a guess) and the labels,
+    against the memory available now."""
+    import math
+
+    image = math.prod(source.image_shape)
+    kept = len(ws) * n_total * image * 4
+    figure = 0
+    if is_image:
+        _, height, width = source.image_shape
+        scale = max(1, math.ceil(SCREEN_PIXELS / max(1, min(height, width))))
+        figure = 2 * len(ws) * n_total * (height * scale + 1) * (width * scale + 1) * 4
+    chunk = 2 * min(args.batch_size, n_total) * math.prod(source.data_shape) * 4 * ACTIVATION_FACTOR
+    check_fits_in_memory(f"sampling {len(ws)} weight(s) x {n_total} samples", kept + figure + chunk + 8 * n_total,
+                         hint="lower --n-per-class, --classes or the number of weights")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from cfgdiff.cli.arguments import (
     UsageError,
     device,
+    duration,
+    format_duration,
     level_list,
     nonnegative_float,
     nonnegative_int,
@@ -54,7 +57,15 @@ def add_parser(sub) -> None:
     p.add_argument("--ema-decay", type=_unit_float("--ema-decay"), default=None,
                    help="decay of the weights' exponential moving average used for sampling (default 0.999)")
     p.add_argument("--warmup-steps", type=nonnegative_int("--warmup-steps"), default=None,
-                   help="steps of linear learning-rate warm-up (default 200)")
+                   help="steps of linear learning-rate warm-up (default: the preset's, 200 unless it says "
+                        "otherwise, but never more than 10%% of --steps)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+                   help="learning rate after the warm-up: cosine decay to 5%% of --lr at the last step, or constant "
+                        "(default cosine; a run made before the schedule existed keeps constant on --resume)")
+    p.add_argument("--time-budget", type=duration("--time-budget"), default=None, metavar="DURATION",
+                   help="train for this long (90s, 10m, 1.5h; counted from the command's start): the step time "
+                        "is measured in a few dry steps, --steps (and so the schedule) is fitted to the budget, "
+                        "and the run ends with a checkpoint; replaces --steps; one process only")
     p.add_argument("--grad-clip", type=nonnegative_float("--grad-clip"), default=None,
                    help="maximum global gradient norm, 0 for none (default 1)")
     p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=None,
@@ -89,20 +100,31 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from cfgdiff.data import DataSpec, load_dataset
     from cfgdiff.training import DATA_DEFAULTS, default_config, train
+    from cfgdiff.training.budget import TimeBudget
+    from cfgdiff.training.config import WARMUP_FRACTION, LoopConfig, preset_defaults
 
+    started = getattr(args, "started", None) or time.monotonic()
+    if args.time_budget is not None:
+        if args.steps is not None:
+            raise UsageError("--time-budget chooses the number of steps; give it or --steps, not both")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--time-budget trains in one process (under torchrun each process would time itself "
+                             "differently); give --steps instead")
     spec = data_spec_from_args(args, default="digits")
     data = spec.source
     data_shape = None
     data_spec = None
+    dataset = None
     if not args.resume and (data not in DATA_DEFAULTS or spec != DataSpec(source=data)):
-        data_shape = load_dataset(spec, "train").data_shape  # checks the data before anything is written
+        dataset = load_dataset(spec, "train")  # checks the data before anything is written
+        data_shape = dataset.data_shape
         data_spec = spec.to_json()
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / Path(data).name
     changes = {
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "p_uncond": args.p_uncond, "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay,
         "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "checkpoint_every": args.checkpoint_every,
-        "log_every": args.log_every, "seed": args.seed, "device": args.device,
+        "log_every": args.log_every, "seed": args.seed, "device": args.device, "lr_schedule": args.lr_schedule,
         **loop_changes(args),
     }
     overrides = {k: v for k, v in changes.items() if k != "data"}
@@ -112,6 +134,19 @@ def run(args: argparse.Namespace) -> int:
                          "with --run-dir or --overwrite")
     config = default_config(data, data_shape=data_shape, size=args.model, **overrides)
     config.data_spec = data_spec
+    budget = None
+    if args.time_budget is not None:
+        preset = preset_defaults(data, data_shape=data_shape, size=args.model, device=overrides["device"])
+        budget = TimeBudget(args.time_budget, started,
+                            preset_warmup=int(preset.get("warmup_steps", LoopConfig.warmup_steps)),
+                            warmup_explicit=args.warmup_steps is not None or args.resume)
+    if args.warmup_steps is not None and args.steps is not None and not args.resume \
+            and args.warmup_steps > WARMUP_FRACTION * args.steps:
+        print(f"cfgdiff: warning: --warmup-steps {args.warmup_steps} is more than {WARMUP_FRACTION:.0%} of "
+              f"--steps {args.steps}: the learning rate reaches --lr only after {args.warmup_steps} steps",
+              file=sys.stderr)
+    if not args.resume:
+        _warn_small_data(dataset if dataset is not None else load_dataset(spec, "train"), config.batch_size)
     knobs = {"base_channels": args.base_channels, "channel_mults": args.channel_mults,
              "num_res_blocks": args.num_res_blocks, "attn_levels": args.attn_levels, "dropout": args.dropout}
     knobs = {k: v for k, v in knobs.items() if v is not None}
@@ -130,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
         nonlocal bar
         n_params = sum(p.numel() for p in trainer.model.parameters())
         tc = trainer.config
+        if budget is not None:
+            chosen = budget.chosen
+            print(f"time budget {format_duration(budget.seconds)}: {chosen['step_seconds'] * 1e3:.1f} ms a step "
+                  f"(measured in dry steps), so {chosen['steps'] - trainer.step} steps to step {chosen['steps']}, "
+                  f"warm-up {tc.warmup_steps}, {tc.lr_schedule} learning rate; "
+                  f"{format_duration(budget.left())} left", file=sys.stderr)
         verb = "resuming" if args.resume else "training"
         print(f"{verb} {trainer.model.config()['arch']} ({n_params / 1e6:.2f}M parameters) on {tc.data} "
               f"(train split, {len(trainer.dataset)} examples) at step {trainer.step} of {tc.steps}, "
@@ -150,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                         resume_changes={k: v for k, v in changes.items() if v is not None},
-                        on_step=on_step, on_start=on_start)
+                        on_step=on_step, on_start=on_start, time_budget=budget)
     finally:
         if bar is not None:
             bar.close()
@@ -160,8 +201,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped by {trainer.interrupted} at step {trainer.step} of {trainer.config.steps}; checkpoint "
               f"written to {run_dir}; resume with: cfgdiff train --run-dir {run_dir} --resume")
         return EXIT_OK
-    print(f"done: step {trainer.step}, {time.perf_counter() - t0:.0f} s; checkpoint in {run_dir}")
+    spent = f"{time.perf_counter() - t0:.0f} s"
+    if budget is not None:
+        early = ", ended early by the deadline" if "stopped_early_at" in budget.chosen else ""
+        spent = (f"{time.monotonic() - started:.1f} s of a {format_duration(budget.seconds)} budget (start-up "
+                 f"included{early})")
+    print(f"done: step {trainer.step}, {spent}; checkpoint in {run_dir}")
     return EXIT_OK
+
+
+SMALL_CLASS = 5  # a class with fewer training images than this is warned about
+
+
+def _warn_small_data(dataset, batch_size: int) -> None:
+    """One warning line for a data set too small for what it is asked to train (it still trains)."""
+    import torch
+
+    n = len(dataset)
+    problems = []
+    if n < batch_size:
+        problems.append(f"{n} examples, fewer than the batch of {batch_size} (each batch repeats them)")
+    labels = getattr(dataset, "labels", None)
+    k = int(getattr(dataset, "num_classes", 0) or 0)
+    if labels is not None and k:
+        counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=k)
+        if n < k:
+            problems.append(f"fewer examples than its {k} classes")
+        elif int(counts.min()) < SMALL_CLASS:
+            c = int(counts.argmin())
+            names = tuple(getattr(dataset, "class_names", ()) or ())
+            name = f" ({names[c]})" if c < len(names) else ""
+            problems.append(f"class {c}{name} has {int(counts[c])} example(s), fewer than {SMALL_CLASS}")
+    if problems:
+        print(f"cfgdiff: warning: the training data is very small: {'; '.join(problems)}; the model can only "
+              "memorise it", file=sys.stderr)
 
 
 def _check_model(config, data_shape: tuple[int, ...] | None) -> None:

@@ -20,7 +20,15 @@ import shlex
 import time
 from typing import Any
 
-from cfgdiff.cli.arguments import UsageError, device, output_path, positive_int, progress
+from cfgdiff.cli.arguments import (
+    UsageError,
+    check_fits_in_memory,
+    check_writable,
+    device,
+    output_path,
+    positive_int,
+    progress,
+)
 from cfgdiff.cli.config_file import to_toml, toml_value
 from cfgdiff.cli.guidance_options import METHOD_FLAGS, add_guidance_options, guidance_from_args, method_flag_params
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
@@ -193,6 +201,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"tune: {err}") from None
     study_name = args.study or _slug(f"{args.guidance}-{objective.text}")
     out = args.out if args.out is not None else source.home / "tune" / study_name
+    check_writable("--out", out)  # before anything is created or sampled
+    n_most = max(args.n_max, getattr(args, "final_n", 0) or 0)
+    check_fits_in_memory(f"tune at N = {n_most}", 2 * n_most * math.prod(source.image_shape) * 4,
+                         hint="lower --n-max or --final-n")
     if args.storage is None:
         out.mkdir(parents=True, exist_ok=True)  # the default storage is a file in it
     storage = args.storage or default_storage(out)

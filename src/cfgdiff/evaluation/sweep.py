@@ -310,7 +310,8 @@ def markdown_table(result: SweepResult) -> str:
                      f"{_pm(r.kid, r.kid_std, 5)} | {_pm(r.fid_per_class, None)} | {tail(r)}")
     if meta.get("fid_floor") is not None:
         copies = _percent(meta.get("memorisation_test_share"))
-        lines.append(f"| real (floor) | {_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
+        at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""
+        lines.append(f"| real (floor) | {at_least}{_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
                      f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} | "
                      f"{_pm(meta.get('test_is'), None)} | {copies} | – | – | – | – | – | – | {n} | | | | | | | |")
     return "\n".join(lines) + "\n"
@@ -350,8 +351,9 @@ def _header_notes(result: SweepResult) -> list[str]:
              "Δ is the difference to the first row, ± its paired bootstrap std (both rows resampled alike: sample "
              "i starts from the same noise at every w), so |Δ| above about 2 of its std is beyond noise"]
     if meta.get("fid_floor") is not None:
+        at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""
         lines.append(f"- floor vs training split: {meta['fid_floor_definition']} = "
-                     f"{_pm(meta['fid_floor'], meta.get('fid_floor_std'))}")
+                     f"{at_least}{_pm(meta['fid_floor'], meta.get('fid_floor_std'))}")
     if meta.get("fid_test_floor") is not None:
         lines.append(f"- floor vs test split: {meta['fid_test_floor_definition']} = "
                      f"{_pm(meta['fid_test_floor'], meta.get('fid_test_floor_std'))}")

@@ -7,9 +7,10 @@ options: labels class by class (``classes`` repeated n times each), sample i see
 always gives the same grid. NFE per sample is counted (a guided step is one call of 2B rows, counted as 2).
 
 Every value is checked as the CLI checks its arguments and a bad one raises ``RequestError`` (a ValueError,
-one line, answered 400 by the server); limits on samples per request and on steps keep one request from
-occupying the machine for long. One request samples at a time (a lock): the network and torch's thread pool
-are shared, and running grids one after another is as fast as running them together on a CPU.
+one line, answered 400 by the server), stating the range: w in ``W_RANGE`` ([-10, 50]), seeds in [0, 2^63 - 1];
+limits on samples per request and on steps keep one request from occupying the machine for long. One request
+samples at a time (a lock): the network and torch's thread pool are shared, and running grids one after another
+is as fast as running them together on a CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from cfgdiff.sampling.solvers import SAMPLERS
 from cfgdiff.serve.images import data_uri, grid_png, scatter_png
 from cfgdiff.serve.methods import Method, explorer_methods
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # seeds lie in [0, MAX_SEED] (cfgdiff.sampling.generate.sample_seed takes 64-bit seeds)
+W_RANGE = (-10.0, 50.0)  # the w a request may ask for: past -1 anti-guidance, far beyond any useful strength
 PARAM_PREFIX = "p."  # method parameters travel as p.NAME=value
 DEFAULT_INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024's EDM2-XXL interval in σ, the page's starting values
 QUERY_KEYS = ("classes", "n", "sampler", "steps", "w", "method", "interval", "seed", "v_interp")
@@ -118,8 +120,8 @@ def _int(name: str, text: str, lo: int, hi: int) -> int:
     except ValueError:
         raise RequestError(f"{name} must be an integer, got {text!r}") from None
     if not lo <= value <= hi:
-        bound = f"be >= {lo}" if hi >= MAX_SEED else f"lie in [{lo}, {hi}]"
-        raise RequestError(f"{name} must {bound}, got {value}")
+        bound = f"[{lo}, 2^63 - 1]" if hi == MAX_SEED else f"[{lo}, {hi}]"
+        raise RequestError(f"{name} must lie in {bound}, got {value}")
     return value
 
 
@@ -194,7 +196,8 @@ class Explorer:
             "name": self.name, "num_classes": self.num_classes, "class_names": self.class_names,
             "data_shape": list(self.image_shape), "is_image": self.is_image, "samplers": list(SAMPLERS),
             "methods": [m.to_json() for m in self.methods.values()],
-            "limits": {"max_samples": self.limits.max_samples, "max_steps": self.limits.max_steps},
+            "limits": {"max_samples": self.limits.max_samples, "max_steps": self.limits.max_steps,
+                       "w": list(W_RANGE), "seed": [0, MAX_SEED]},
             "defaults": {"classes": self.default_classes, "n": self.default_n, "sampler": self.default_sampler,
                          "steps": self.default_steps,
                          "w": 1.0, "method": "cfg", "interval": list(DEFAULT_INTERVAL), "seed": 0,
@@ -250,6 +253,9 @@ class Explorer:
         if "w" not in query:
             raise RequestError("w is required (the paper's guidance weight: 0 = conditional, -1 = unconditional)")
         w = _float("w", query["w"])
+        if not W_RANGE[0] <= w <= W_RANGE[1]:
+            raise RequestError(f"w must lie in [{W_RANGE[0]:g}, {W_RANGE[1]:g}] (the paper's guidance weight: "
+                               f"0 = conditional, -1 = unconditional), got {w:g}")
         if not self.has_null_label and w != 0.0 and uses_null_label(method_name):
             raise RequestError("this model has no null (unconditional) class, so it cannot be guided: use w = 0")
         interval = None

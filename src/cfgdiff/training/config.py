@@ -19,6 +19,17 @@ from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.models.presets import preset_for
 
 LOADERS = ("auto", "memory", "streaming")
+LR_SCHEDULES = ("cosine", "constant")  # after the warm-up: cosine decay to lr_floor · lr at the last step, or flat
+
+# The warm-up a run gets when none is asked for is at most this share of its steps (a preset's 500-step warm-up
+# would otherwise outlast a 400-step run, whose learning rate would never reach its value).
+WARMUP_FRACTION = 0.1
+
+
+def warmup_for(steps: int, preset_warmup: int) -> int:
+    """The warm-up of a run of ``steps`` steps whose preset asks for ``preset_warmup``:
+    min(preset_warmup, floor(WARMUP_FRACTION · steps))."""
+    return int(min(preset_warmup, math.floor(WARMUP_FRACTION * steps)))
 
 
 @dataclass
@@ -30,6 +41,8 @@ class LoopConfig:
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     warmup_steps: int = 200  # linear warm-up of the learning rate
+    lr_schedule: str = "cosine"  # after the warm-up: "cosine" (to lr_floor · lr at the last step) or "constant"
+    lr_floor: float = 0.05  # the cosine schedule's last learning rate, as a share of lr
     grad_clip: float = 1.0  # max global gradient norm (0 disables)
     ema_decay: float = 0.999  # EMA of the weights, with warm-up min(decay, (1+t)/(10+t))
     seed: int = 0  # weights, data order, and every random draw of the loss (per rank, see batches.derive_seed)
@@ -69,6 +82,10 @@ class LoopConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not (math.isfinite(self.save_every_minutes) and self.save_every_minutes >= 0):
             raise ValueError(f"save_every_minutes must be >= 0, got {self.save_every_minutes}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        if not (math.isfinite(self.lr_floor) and 0.0 <= self.lr_floor <= 1.0):
+            raise ValueError(f"lr_floor must lie in [0, 1], got {self.lr_floor}")
         if self.loader not in LOADERS:
             raise ValueError(f"unknown loader {self.loader!r}; choose from {', '.join(LOADERS)}")
 
@@ -82,6 +99,8 @@ class LoopConfig:
         config = cls(**{k: v for k, v in data.items() if k in known})
         if "hflip" not in data:  # written before flips existed: that run never flipped
             config.hflip = False
+        if "lr_schedule" not in data:  # written before the cosine schedule existed: that run's lr stayed flat
+            config.lr_schedule = "constant"
         return config
 
 
@@ -140,23 +159,33 @@ def data_spec_of(config: TrainConfig):
     return DataSpec.from_json(config.data_spec) if config.data_spec else DataSpec(source=config.data)
 
 
+def preset_defaults(data: str, *, data_shape: tuple[int, ...] | None = None, size: str | None = None,
+                    device: str = "cpu") -> dict[str, Any]:
+    """The training defaults of a data set before any override (see ``default_config``)."""
+    if data in DATA_DEFAULTS and size is None:
+        return DATA_DEFAULTS[data]
+    if data in BUILTIN_SHAPES or data_shape is not None:
+        shape = BUILTIN_SHAPES[data] if data in BUILTIN_SHAPES else tuple(data_shape)
+        return preset_for(shape, size, device=device)
+    raise ValueError(f"unknown data set {data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))} or a path")
+
+
 def default_config(data: str, *, data_shape: tuple[int, ...] | None = None, size: str | None = None,
                    **overrides: Any) -> TrainConfig:
     """The defaults for a data set, with ``overrides`` (None values ignored) on top.
+
+    A warm-up not in ``overrides`` is the preset's cut to ``WARMUP_FRACTION`` of the steps (``warmup_for``).
 
     A built-in name without ``size`` gets its own defaults (``DATA_DEFAULTS``); otherwise the model preset
     ``preset_for(shape, size, device=overrides["device"])`` of the data's shape (``data_shape`` for a path)
     gives the architecture and the training defaults (``size`` None: the device's default size).
     """
-    if data in DATA_DEFAULTS and size is None:
-        defaults = DATA_DEFAULTS[data]
-    elif data in BUILTIN_SHAPES or data_shape is not None:
-        shape = BUILTIN_SHAPES[data] if data in BUILTIN_SHAPES else tuple(data_shape)
-        defaults = preset_for(shape, size, device=str(overrides.get("device") or "cpu"))
-    else:
-        raise ValueError(f"unknown data set {data!r}; choose from {', '.join(sorted(DATA_DEFAULTS))} or a path")
+    defaults = preset_defaults(data, data_shape=data_shape, size=size, device=str(overrides.get("device") or "cpu"))
     values: dict[str, Any] = {"data": data, **json.loads(json.dumps(defaults))}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("warmup_steps") is None:  # not asked for: the preset's, cut to WARMUP_FRACTION of the run
+        preset_warmup = values.get("warmup_steps", LoopConfig.warmup_steps)
+        values["warmup_steps"] = warmup_for(int(values.get("steps", LoopConfig.steps)), int(preset_warmup))
     config = TrainConfig(**values)
     config.validate()
     return config
@@ -167,9 +196,10 @@ def default_config(data: str, *, data_shape: tuple[int, ...] | None = None, size
 # loss.jsonl); flags that define what is learned (data, flips, label dropout, λ distribution, architecture,
 # seed) may not.
 RESUME_MAY_CHANGE = frozenset({
-    "steps", "device", "lr", "batch_size", "warmup_steps", "grad_clip", "ema_decay", "weight_decay",
-    "checkpoint_every", "log_every", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast",
-    "compile", "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers", "tensorboard",
+    "steps", "device", "lr", "lr_schedule", "lr_floor", "batch_size", "warmup_steps", "grad_clip", "ema_decay",
+    "weight_decay", "checkpoint_every", "log_every", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite",
+    "autocast", "compile", "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers",
+    "tensorboard",
 })
 RESUME_FIXED = frozenset({"data", "p_uncond", "logsnr_schedule", "logsnr_min", "logsnr_max", "seed", "model",
                           "hflip"})

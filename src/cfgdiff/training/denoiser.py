@@ -16,6 +16,7 @@ from cfgdiff.data import Dataset, load_dataset
 from cfgdiff.models import build_model
 from cfgdiff.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from cfgdiff.runtime.distributed import DistContext
+from cfgdiff.training.budget import TimeBudget
 from cfgdiff.training.config import RESUME_FIXED, TrainConfig, data_spec_of
 from cfgdiff.training.loop import RunPlan, StepHook, train_or_resume
 from cfgdiff.training.losses import DiffusionLoss
@@ -66,6 +67,7 @@ def train(
     on_step: StepHook | None = None,
     on_start: Callable[[Trainer], None] | None = None,
     handle_signals: bool = True,
+    time_budget: TimeBudget | None = None,
 ) -> Trainer:
     """Train (or continue) a diffusion run in ``run_dir``; returns the Trainer at the end.
 
@@ -85,7 +87,7 @@ def train(
 
     return train_or_resume(config, run_dir, plan=plan, layout=DIFFUSION_LAYOUT, fixed=RESUME_FIXED, resume=resume,
                            overwrite=overwrite, resume_changes=resume_changes, on_step=on_step, on_start=on_start,
-                           handle_signals=handle_signals)
+                           handle_signals=handle_signals, time_budget=time_budget)
 
 
 def load_model(

@@ -22,6 +22,7 @@ build the Trainer, ``fit``, leave the group.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -36,11 +37,14 @@ from typing import Any
 
 from cfgdiff.runtime.checkpoint import atomic_write_text, pause_point
 from cfgdiff.runtime.distributed import DistContext, init_distributed
+from cfgdiff.training.budget import TimeBudget
 from cfgdiff.training.config import RESUME_FIXED, RESUME_MAY_CHANGE, LoopConfig, apply_resume_changes
 from cfgdiff.training.logs import RunLog, require_tensorboard
 from cfgdiff.training.rundir import (
     DIFFUSION_LAYOUT,
     RunLayout,
+    RunLock,
+    check_not_locked,
     check_run_dir,
     drop_future,
     make_run_dir,
@@ -91,8 +95,14 @@ def fit(
     on_step: StepHook | None = None,
     finalize: Callable[[Trainer], None] | None = None,
     handle_signals: bool = True,
+    time_budget: TimeBudget | None = None,
 ) -> Trainer:
     """Train ``trainer`` up to ``trainer.loop.steps`` in ``run_dir``; returns it.
+
+    Rank 0 holds the run directory's lock (``RunLock``) from before its first write to the end, so a second
+    trainer of the same directory is refused (``RunDirLocked``) instead of interleaving checkpoints.
+    ``time_budget``: the total steps (and the warm-up) are fitted to a wall-clock budget before the first step
+    (``cfgdiff.training.budget``; one process only); ``time_budget.chosen`` says what was chosen.
 
     ``resume``: continue from the run's latest checkpoint (``changed`` — the config fields changed, as
     {name: [old, new]} — goes into the log's resume event, with ``world_size`` when the process count
@@ -114,10 +124,28 @@ def fit(
         if trainer.resumed_world_size != ctx.world_size:
             changed["world_size"] = [trainer.resumed_world_size, ctx.world_size]
     ctx.barrier()  # every rank has read the checkpoint before rank 0 touches the directory
+    with contextlib.ExitStack() as held:
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(run_dir))  # before anything of the run is written or removed
+        return _fit_locked(trainer, run_dir, layout=layout, resume=resume, overwrite=overwrite, changed=changed,
+                           on_start=on_start, on_step=on_step, finalize=finalize, handle_signals=handle_signals,
+                           time_budget=time_budget)
+
+
+def _fit_locked(trainer: Trainer, run_dir: Path, *, layout: RunLayout, resume: bool, overwrite: bool,
+                changed: dict[str, Any], on_start, on_step, finalize, handle_signals: bool,
+                time_budget: TimeBudget | None) -> Trainer:
+    loop, ctx = trainer.loop, trainer.dist
+    main = ctx.is_main
     if main and not resume:
         make_run_dir(run_dir, overwrite=overwrite, layout=layout)
+    t_save = time.monotonic()
     if not resume:
         save_run_checkpoint(trainer, run_dir, layout)  # step 0: resumable from the first moment
+    t_save = time.monotonic() - t_save if not resume else _checkpoint_seconds(run_dir / layout.checkpoint)
+    if time_budget is not None:
+        time_budget.plan(trainer, save_seconds=t_save)  # the total steps fitted to the budget, before step 1
     trainer.interrupted = None
     log = None
     signals = _Signals(trainer, handle_signals)
@@ -132,9 +160,16 @@ def fit(
             log = RunLog(run_dir / layout.loss_log, run_dir / layout.tensorboard if loop.tensorboard else None)
             if resume:
                 log.write({"event": "resume", "step": trainer.step, "changed": changed})
+            if time_budget is not None:
+                log.write({"event": "time_budget", "step": trainer.step, **time_budget.chosen})
             if on_start is not None:
                 on_start(trainer)
-        _loop(trainer, run_dir, layout, log, on_step, finalize, signals)
+        _loop(trainer, run_dir, layout, log, on_step, finalize, signals, time_budget)
+        if main and time_budget is not None:  # the total it ended with (a refit or the deadline may change it)
+            atomic_write_text(run_dir / layout.config, json.dumps(trainer.config_json(), indent=2) + "\n")
+            if log is not None:
+                log.write({"event": "time_budget_end", "step": trainer.step, **time_budget.chosen,
+                           "seconds": time.monotonic() - time_budget.started})
     except TrainingDiverged as err:
         if log is not None:
             log.write({"event": "diverged", "step": trainer.step + 1, "reason": str(err)})
@@ -169,8 +204,12 @@ def train_or_resume(
     on_step: StepHook | None = None,
     on_start: Callable[[Trainer], None] | None = None,
     handle_signals: bool = True,
+    time_budget: TimeBudget | None = None,
 ) -> Trainer:
     """Train (or continue) one run of ``layout`` in ``run_dir``; returns the Trainer at the end.
+
+    A directory another process trains (it holds the ``RunLock``) is refused first (``RunDirLocked``, naming its
+    PID), before anything is read or written; ``time_budget`` as ``fit``'s.
 
     In order: ``check_run_dir``; on resume the latest checkpoint's config (``read_config``, by default
     ``type(config).from_json``) with ``resume_changes`` applied (``apply_resume_changes``: loop options in
@@ -180,6 +219,17 @@ def train_or_resume(
     written; ``init_distributed``; ``plan.build(dist)``; ``fit`` (the config changes go into the log's resume
     event); the process group is left even when training raises.
     """
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_not_locked(run_dir)  # refused at once, nothing read or written; fit takes the lock itself
+    return _train_or_resume(config, run_dir, plan=plan, layout=layout, fixed=fixed, read_config=read_config,
+                            resume=resume, overwrite=overwrite, resume_changes=resume_changes, on_step=on_step,
+                            on_start=on_start, handle_signals=handle_signals, time_budget=time_budget)
+
+
+def _train_or_resume(config: LoopConfig, run_dir: str | os.PathLike, *, plan, layout: RunLayout,
+                     fixed: frozenset[str], read_config, resume: bool, overwrite: bool,
+                     resume_changes: dict[str, Any] | None, on_step, on_start, handle_signals: bool,
+                     time_budget: TimeBudget | None) -> Trainer:
     run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite, layout=layout)
     changed: dict[str, Any] = {}
     if resume:
@@ -197,13 +247,23 @@ def train_or_resume(
     try:
         trainer = run_plan.build(ctx)
         return fit(trainer, run_dir, layout=layout, resume=resume, overwrite=overwrite, changed=changed,
-                   on_start=on_start, on_step=on_step, finalize=run_plan.finalize, handle_signals=handle_signals)
+                   on_start=on_start, on_step=on_step, finalize=run_plan.finalize, handle_signals=handle_signals,
+                   time_budget=time_budget)
     finally:
         ctx.shutdown()
 
 
+def _checkpoint_seconds(path: Path) -> float:
+    """A guess of a checkpoint's write time on resume (nothing was written yet): its size at 200 MB/s."""
+    try:
+        return path.stat().st_size / 200e6
+    except OSError:
+        return 0.0
+
+
 def _loop(trainer: Trainer, run_dir: Path, layout: RunLayout, log: RunLog | None, on_step: StepHook | None,
-          finalize: Callable[[Trainer], None] | None, signals: _Signals) -> None:
+          finalize: Callable[[Trainer], None] | None, signals: _Signals,
+          time_budget: TimeBudget | None = None) -> None:
     loop = trainer.loop
     running, count = 0.0, 0
     t_log, step_log = time.perf_counter(), trainer.step
@@ -219,6 +279,8 @@ def _loop(trainer: Trainer, run_dir: Path, layout: RunLayout, log: RunLog | None
                            "skipped": trainer.skipped})
         else:
             running, count = running + loss, count + 1
+        if time_budget is not None:
+            time_budget.check(trainer)  # may refit loop.steps, or end the run at this step (the deadline)
         if on_step is not None and log is not None:
             on_step(trainer.step, loss)
         finished = trainer.step >= loop.steps

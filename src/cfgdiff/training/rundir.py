@@ -20,6 +20,7 @@ checkpoint: the previous one or the new one. With ``keep == 0`` the latest is wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -194,3 +195,113 @@ def truncate_log(path: Path, step: int) -> None:
         if isinstance(entry, dict) and entry.get("step", 0) <= step:
             kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# -- the lock of a run directory while a process trains it -------------------------------------------------------
+
+LOCK_FILE = ".cfgdiff-train.lock"  # in the run directory; holds the trainer's PID while it is locked
+
+
+class RunDirLocked(RunDirError):
+    """Another process is training in this run directory (it holds the directory's lock)."""
+
+
+_HELD: dict[str, tuple[int, int]] = {}  # resolved run dir -> (fd, depth): the locks this process holds
+
+
+def lock_holder(run_dir: str | os.PathLike) -> int | None:
+    """The PID of the process training in ``run_dir`` now, or None (no trainer, or the lock is this process's).
+
+    The lock is an ``fcntl.flock`` on ``RUN_DIR/.cfgdiff-train.lock``: the OS drops it when its process dies, by
+    any means (SIGKILL included), so a lock file left behind locks nothing. Probing takes a shared lock for an
+    instant and never waits.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    if str(Path(run_dir).resolve()) in _HELD or not path.is_file():
+        return None
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _read_pid(fd) or -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_not_locked(run_dir: str | os.PathLike) -> None:
+    """Raise ``RunDirLocked`` naming the PID when another process trains in ``run_dir`` (writes nothing)."""
+    pid = lock_holder(run_dir)
+    if pid:
+        raise RunDirLocked(_locked_message(Path(run_dir), pid if pid > 0 else None))
+
+
+def _locked_message(run_dir: Path, pid: int | None) -> str:
+    who = f"process {pid}" if pid else "another process"
+    return (f"{run_dir} is being trained by {who} (it holds {run_dir / LOCK_FILE}); wait for it to finish or "
+            "stop it, or train in another --run-dir")
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, ValueError):
+        return None
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds the run directory's lock (creating the directory's lock file), or raises
+    ``RunDirLocked`` naming the PID that holds it. Re-entrant within a process; released on exit (and by the OS
+    when the process dies)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.key = ""
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.key = str(self.run_dir.resolve())
+        if self.key in _HELD:
+            fd, depth = _HELD[self.key]
+            _HELD[self.key] = (fd, depth + 1)
+            return self
+        path = self.run_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(5):  # a reader's probe (lock_holder) holds a shared lock for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == 4:
+                    pid = _read_pid(fd)
+                    os.close(fd)
+                    raise RunDirLocked(_locked_message(self.run_dir, pid)) from None
+                import time
+
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[self.key] = (fd, 1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        fd, depth = _HELD[self.key]
+        if depth > 1:
+            _HELD[self.key] = (fd, depth - 1)
+            return
+        del _HELD[self.key]
+        with contextlib.suppress(OSError):  # the file stays (removing it could let two processes lock two files)
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -12,7 +12,7 @@ One optimizer step (``train_step``), for R processes and K accumulation micro-ba
 
     g = (1/(R·K)) Σ_r Σ_m ∇ loss_fn(model, batch_{r,m}, generator_r)   # DDP averages over r, we over m
     stop if the global mean loss or ‖g‖ is not finite (or skip the update, up to ``skip_nonfinite`` times)
-    g ← g · min(1, grad_clip/‖g‖);  lr_t = lr · min(1, (t+1)/warmup_steps);  AdamW(β = (0.9, 0.99)) step
+    g ← g · min(1, grad_clip/‖g‖);  lr_t = lr_at(t) (linear warm-up, then cosine or flat);  AdamW(β = (0.9, 0.99))
     ema ← ema + (1 - d_t)(θ - ema),  d_t = min(ema_decay, (1+t)/(10+t))
 
 Checkpoint state: weights, EMA, AdamW moments, every rank's generator, the stream's ``consumed``, the step
@@ -50,10 +50,22 @@ class TrainingDiverged(RuntimeError):
 
 
 def lr_at(step: int, loop: LoopConfig) -> float:
-    """Linear warm-up: lr · min(1, (step + 1)/warmup_steps), step counted from 0."""
-    if loop.warmup_steps == 0:
+    """The learning rate of the update at ``step`` (counted from 0) of a run of T = ``loop.steps`` steps:
+
+        warm-up (t + 1 <= W = warmup_steps):  lr_t = lr · (t + 1)/W
+        then, cosine:    lr_t = lr · (f + (1 - f) · (1 + cos(π p))/2),  p = (t + 1 - W)/(T - W),  f = lr_floor
+              constant:  lr_t = lr
+
+    so a cosine run ends at f · lr at its last step (t = T - 1, p = 1). It depends on (step, loop) only, so a
+    resumed run repeats it exactly.
+    """
+    t, warmup = step + 1, loop.warmup_steps
+    if warmup > 0 and t <= warmup:
+        return loop.lr * t / warmup
+    if loop.lr_schedule == "constant" or loop.steps <= warmup:
         return loop.lr
-    return loop.lr * min(1.0, (step + 1) / loop.warmup_steps)
+    p = min(1.0, (t - warmup) / (loop.steps - warmup))
+    return loop.lr * (loop.lr_floor + (1.0 - loop.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
 def _json_safe(value: Any) -> Any:

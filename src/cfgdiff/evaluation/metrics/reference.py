@@ -22,7 +22,10 @@ FID means little without the FID of *real* images at the same N. ``matched_floor
   FID(n) = a + b/n is fitted (least squares) to the subset means at n = M/2, 5M/8, …, M and evaluated at N
   (the upper half only: at n not much larger than the feature dimension FID falls faster than 1/n, which a fit
   over smaller subsets would carry into the extrapolation). This is unbiased where FID is linear in 1/n, but
-  it inherits the noise of the one pool (no spread is given). A bootstrap
+  it inherits the noise of the one pool (no spread is given). An extrapolation can only resolve what the pool
+  supports: it is never reported below the mean term Tr Σ / N (Σ the pool's feature covariance), which the
+  expected FID of N real images exceeds (the Bures term is >= 0, and the reference's own mean adds to it); where
+  the fit falls below that, the floor is that bound and says so (method "lower bound"). A bootstrap
   resample of N from M images would not do: its mean deviates from the population's as much as that of
   1/(1/N + 1/M) < M independent images, so its floor is biased upward (as for 209 instead of 500 images with
   digits' 360 test images).
@@ -297,15 +300,20 @@ class Floor:
     n: int  # the matched sample count
     pool_count: int  # real images the subsets were drawn from
     draws: int  # random subsets per size
-    method: str  # "subsets" (n <= pool_count) or "extrapolated" (fit a + b/n from smaller subsets)
+    method: str  # "subsets" (n <= pool_count), "extrapolated" (fit a + b/n from smaller subsets), or
+    # "lower bound" (the fit fell below the mean term Tr Σ / n, which the floor is at least: the value is that bound)
 
     def describe(self, pool_name: str, reference_name: str) -> str:
         if self.method == "subsets":
             how = (f"mean over {self.draws} random sets of {self.n} of the {self.pool_count} {pool_name}"
                    if self.n < self.pool_count else f"all {self.pool_count} {pool_name}")
-        else:
+        elif self.method == "extrapolated":
             how = (f"fit FID(n) = a + b/n to random sets of n = {self.pool_count // 2}…{self.pool_count} of the "
                    f"{self.pool_count} {pool_name}, evaluated at n = {self.n}")
+        else:
+            how = (f"at least the mean term Tr Σ / {self.n}: the fit FID(n) = a + b/n to random sets of the "
+                   f"{self.pool_count} {pool_name} falls below it at n = {self.n}, which {self.pool_count} images "
+                   "cannot resolve")
         return f"{self.n} {pool_name} against the {reference_name} statistics ({how})"
 
 
@@ -322,7 +330,8 @@ def matched_floor(pool: np.ndarray, reference: FrechetReference, n: int, *, draw
     """FID of n real images (rows of ``pool``, held out from the reference) against ``reference``.
 
     n <= M = len(pool): the mean (and std) over ``draws`` random n-subsets. n > M: FID(m) = a + b/m fitted by
-    least squares to the subset means at m = M/2, 5M/8, …, M and evaluated at n (std None).
+    least squares to the subset means at m = M/2, 5M/8, …, M and evaluated at n (std None), but never below
+    Tr Σ / n (Σ the pool's covariance; method "lower bound" when the fit is below it).
     """
     pool = np.asarray(pool, np.float64)
     count = pool.shape[0]
@@ -337,4 +346,7 @@ def matched_floor(pool: np.ndarray, reference: FrechetReference, n: int, *, draw
     means = np.array([_subset_fids(pool, reference, m, draws, rng).mean() for m in sizes])
     design = np.stack([np.ones(len(sizes)), 1.0 / np.asarray(sizes, np.float64)], axis=1)  # [S, 2]
     (a, b), *_ = np.linalg.lstsq(design, means, rcond=None)
-    return Floor(float(max(a + b / n, 0.0)), None, n, count, draws, "extrapolated")
+    bound = float(np.trace(np.cov(pool, rowvar=False)) / n)  # E||μ̂_n − μ||² = Tr Σ / n <= E FID
+    if a + b / n < bound:
+        return Floor(bound, None, n, count, draws, "lower bound")
+    return Floor(float(a + b / n), None, n, count, draws, "extrapolated")

@@ -179,8 +179,14 @@
       label.appendChild(document.createTextNode(" " + name));
       box.appendChild(label);
     });
+    if (data.limits.w) {
+      $("w-exact").min = data.limits.w[0];
+      $("w-exact").max = data.limits.w[1];
+    }
     $("limits").textContent = "Limits of this server: " + data.limits.max_samples + " samples and " +
-      data.limits.max_steps + " steps per grid.";
+      data.limits.max_steps + " steps per grid" +
+      (data.limits.w ? "; w in [" + data.limits.w[0] + ", " + data.limits.w[1] + "], seeds in [0, 2^63 - 1]" : "") +
+      ".";
     methodParams();
     $("v-row").hidden = $("sampler").value !== "ancestral";
 
