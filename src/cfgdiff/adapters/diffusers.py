@@ -18,6 +18,15 @@ puts it behind cfgdiff's one contract ``eps = eps_fn(z, logsnr, labels)``:
   class cannot be guided with classifier-free guidance: calling it with the null label raises
   ``NoNullLabelError``.
 
+**Perturbation** (PAG and skip-layer guidance, ``cfgdiff.core.perturbation``): layers are the model's own module
+names (``model.named_modules()``). ``attention-identity`` takes any self-attention ``Attention`` module (DiT's
+``transformer_blocks.i.attn1``, a UNet's ``mid_block.attentions.0``): for the switched-on rows its processor is
+swapped, for the one call, for the identity map (output = to_out(to_v(h)), as diffusers'
+``PAGIdentitySelfAttnProcessor2_0``), the other rows keep the model's own processor. ``skip`` takes DiT's
+``transformer_blocks.i`` and a UNet's ``mid_block``, its self-attention modules and its resnets whose input and
+output shapes agree: for the switched-on rows the module returns its input (a forward hook for the one call).
+Defaults: the middle transformer block (its ``attn1`` for PAG) of a DiT, ``mid_block.attentions.0`` of a UNet.
+
 Guidance stays outside the network, as everywhere in cfgdiff: ``cfg(adapter, w)`` makes one batched call of 2B
 rows, conditional rows then null rows, exactly the arithmetic of diffusers' ``DiTPipeline`` with its
 ``guidance_scale`` s = w + 1.
@@ -44,6 +53,7 @@ import torch
 from torch import nn
 
 from cfgdiff.adapters.discrete import PREDICTION_TYPES, DiscreteSchedule, eps_from_prediction
+from cfgdiff.core.perturbation import ActivePerturbation, active_perturbation, merge_rows, split_rows
 
 INSTALL_HINT = "pip install 'cfgdiff[diffusers]'"
 DENOISER_COMPONENTS = ("transformer", "unet")  # model_index.json keys of the denoiser, in the order looked for
@@ -205,11 +215,141 @@ class DiffusersEpsFn(nn.Module):
         return out[:, : self.in_channels] if self.learned_variance else out
 
     def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """ε̂(z, λ, c): the network at t(λ) with λ clamped to the trained range, converted to ε."""
+        """ε̂(z, λ, c): the network at t(λ) with λ clamped to the trained range, converted to ε; rows switched on by
+        ``cfgdiff.core.perturbation`` go through the perturbed layers."""
         logsnr = self.schedule.clamp_logsnr(logsnr.reshape(-1))
         t = self.schedule.t_from_logsnr(logsnr).to(torch.float32)  # [B] fractional timesteps
-        out = self.network(z, t, self.model_labels(labels))
+        active = active_perturbation(z.shape[0])
+        with nullcontext() if active is None else self._perturbed(active):
+            out = self.network(z, t, self.model_labels(labels))
         return eps_from_prediction(out, z, logsnr, self.prediction_type)
+
+    # -- perturbation (PAG, skip-layer guidance) ---------------------------------------------------------------
+
+    def perturbable_layers(self, kind: str) -> tuple[str, ...]:
+        """The model's module names that ``kind`` can perturb (module docstring)."""
+        attention = _attention_class()
+        names: list[str] = []
+        for name, module in self.model.named_modules():
+            if kind == "attention-identity":
+                if isinstance(module, attention) and not module.is_cross_attention:
+                    names.append(name)
+            elif kind == "skip":
+                if self.kind == "dit":
+                    if re.fullmatch(r"transformer_blocks\.\d+", name):
+                        names.append(name)
+                elif name == "mid_block" or (isinstance(module, attention) and not module.is_cross_attention
+                                             and module.residual_connection) or _same_shape_resnet(module):
+                    names.append(name)
+        return tuple(names)
+
+    def default_perturbed_layers(self, kind: str) -> tuple[str, ...]:
+        """DiT: its middle transformer block (``attn1`` for PAG); UNet: ``mid_block.attentions.0`` (else the middle
+        one of the available layers). Not yet chosen by a measurement."""
+        available = self.perturbable_layers(kind)
+        if not available:
+            return ()
+        if self.kind == "dit":
+            blocks = len(getattr(self.model, "transformer_blocks", ()))
+            name = f"transformer_blocks.{blocks // 2}" + (".attn1" if kind == "attention-identity" else "")
+            if name in available:
+                return (name,)
+        elif "mid_block.attentions.0" in available:
+            return ("mid_block.attentions.0",)
+        return (available[len(available) // 2],)
+
+    @contextmanager
+    def _perturbed(self, active: ActivePerturbation):
+        """The model's named layers perturbed for ``active.rows`` during one call, restored afterwards."""
+        modules = dict(self.model.named_modules())
+        kind, rows = active.perturbation.kind, active.rows.to(next(self.model.parameters()).device)
+        missing = [name for name in active.perturbation.layers if name not in modules]
+        if missing:
+            raise DiffusersError(f"{_model_class_name(self.model)} has no module {missing[0]!r}")
+        swapped, hooks = [], []
+        try:
+            for name in active.perturbation.layers:
+                module = modules[name]
+                if kind == "attention-identity":
+                    swapped.append((module, module.processor))
+                    module.processor = RowIdentityAttnProcessor(rows, module.processor)
+                else:
+                    hooks.append(module.register_forward_hook(_skip_rows_hook(rows), with_kwargs=True))
+            yield
+        finally:
+            for module, processor in swapped:
+                module.processor = processor
+            for hook in hooks:
+                hook.remove()
+
+
+def _attention_class() -> type:
+    from diffusers.models.attention_processor import Attention
+
+    return Attention
+
+
+def _same_shape_resnet(module: nn.Module) -> bool:
+    """A diffusers ResnetBlock2D that neither resamples nor changes the channel count (it can return its input)."""
+    return (type(module).__name__ == "ResnetBlock2D" and module.in_channels == module.out_channels
+            and not module.up and not module.down)
+
+
+def _skip_rows_hook(rows: torch.Tensor):
+    """A forward hook that gives the switched-on rows the module's input as its output (the module skipped)."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        inputs = args[0] if args else kwargs["hidden_states"]
+        tensor = output[0] if isinstance(output, tuple) else output
+        if tensor.shape != inputs.shape:
+            raise DiffusersError(f"{type(module).__name__} changes the shape {tuple(inputs.shape)} -> "
+                                 f"{tuple(tensor.shape)}: it cannot be skipped")
+        mask = rows.reshape(-1, *([1] * (tensor.ndim - 1)))
+        skipped = torch.where(mask, inputs.to(tensor.dtype), tensor)
+        return (skipped, *output[1:]) if isinstance(output, tuple) else skipped
+
+    return hook
+
+
+class RowIdentityAttnProcessor:
+    """An attention processor whose switched-on rows take the identity attention map, softmax(QKᵀ/√d) -> I, so the
+    attention's output is to_out(to_v(h)) (PAG, Ahn et al. 2024; diffusers' ``PAGIdentitySelfAttnProcessor2_0``
+    for those rows); the other rows go through ``base``, the module's own processor."""
+
+    def __init__(self, rows: torch.Tensor, base: Any) -> None:
+        self.rows, self.base = rows, base
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        keep, switched = split_rows(self.rows)
+
+        def rows_of(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+            return x[index] if x is not None and x.shape[0] == self.rows.numel() else x
+
+        perturbed = self.identity(attn, hidden_states[switched], rows_of(temb, switched))
+        if keep.numel() == 0:
+            return perturbed
+        plain = self.base(attn, hidden_states[keep], rows_of(encoder_hidden_states, keep),
+                          rows_of(attention_mask, keep), **({"temb": temb[keep]} if temb is not None else {}))
+        return merge_rows(plain, perturbed, self.rows)
+
+    @staticmethod
+    def identity(attn: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """The self-attention with the identity map: residual + to_out(to_v(norm(h))), rescaled as diffusers does."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape = hidden_states.shape
+        if hidden_states.ndim == 4:  # [B, C, H, W] -> [B, HW, C]
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = attn.to_out[1](attn.to_out[0](attn.to_v(hidden_states)))  # V, projected; dropout
+        if len(shape) == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
 
 
 # -- loading a saved pipeline --------------------------------------------------------------------------------
