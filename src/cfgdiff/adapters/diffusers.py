@@ -31,8 +31,20 @@ Guidance stays outside the network, as everywhere in cfgdiff: ``cfg(adapter, w)`
 rows, conditional rows then null rows, exactly the arithmetic of diffusers' ``DiTPipeline`` with its
 ``guidance_scale`` s = w + 1.
 
-``load_diffusers(DIR)`` reads a pipeline saved with ``save_pretrained`` (``model_index.json``, ``transformer/`` or
-``unet/``, ``scheduler/``, optional ``vae/``) from a local folder; nothing is downloaded (``HF_HUB_OFFLINE=1`` is
+``load_diffusers(DIR)`` reads a local folder in any of the three layouts users have (``folder_layout``):
+
+* ``pipeline``: a pipeline saved with ``save_pretrained`` (``model_index.json``, ``transformer/`` or ``unet/``,
+  ``scheduler/``, optional ``vae/``);
+* ``components``: the same sub-folders without ``model_index.json``, what a training script's checkpoint folder
+  holds (``unet/``, often ``scheduler/``; ``transformer/`` beside ``vae/``);
+* ``model``: a bare model folder, ``unet.save_pretrained(DIR)`` (``config.json`` and
+  ``diffusion_pytorch_model.safetensors``).
+
+The noise schedule comes from ``scheduler=`` (``--diffusers-scheduler``: a folder holding
+``scheduler_config.json``, a folder with a ``scheduler/`` sub-folder, or a diffusers scheduler class name whose
+defaults are taken), else from the folder's ``scheduler/``; a pipeline must have one, the other two layouts
+without one assume ``DDPMScheduler()``'s defaults (1000 linear betas 1e-4 .. 0.02, epsilon prediction) and say
+so in ``DiffusersModel.notes``. Nothing is downloaded (``HF_HUB_OFFLINE=1`` is
 set before diffusers is imported) and only safetensors weights are read (nothing is unpickled). A latent
 model (DiT with its VAE) samples latents and ``decode`` turns them into images in [-1, 1].
 
@@ -362,8 +374,29 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DiffusersError(f"{path}: not a readable JSON file ({err})") from None
 
 
+DEFAULT_SCHEDULER = "DDPMScheduler"  # assumed where a folder has no scheduler and none is named
+DEFAULT_SCHEDULER_NOTE = ("{where} has no scheduler: assuming DDPMScheduler's defaults (1000 timesteps, linear "
+                          "betas 1e-4 .. 0.02, epsilon prediction); name another with --diffusers-scheduler "
+                          "DIR_OR_CLASS")
+LAYOUTS = ("pipeline", "components", "model")
+
+
+def folder_layout(folder: Path) -> str | None:
+    """``pipeline`` (model_index.json), ``components`` (a ``transformer/`` or ``unet/`` sub-folder with a
+    config.json, no model_index.json: a training checkpoint), ``model`` (config.json of a model class, a bare
+    ``save_pretrained`` of the network), or None."""
+    if (folder / "model_index.json").is_file():
+        return "pipeline"
+    if any((folder / c / "config.json").is_file() for c in DENOISER_COMPONENTS):
+        return "components"
+    if (folder / "config.json").is_file():
+        return "model"
+    return None
+
+
 def check_local_folder(path: str | os.PathLike) -> Path:
-    """``path`` as a local pipeline folder, or a one-line ``DiffusersError`` (a hub id gets the save-first hint)."""
+    """``path`` as a local folder in one of ``LAYOUTS``, or a one-line ``DiffusersError`` (a hub id gets the
+    save-first hint)."""
     text = str(path)
     folder = Path(text).expanduser()
     if not folder.exists():
@@ -375,9 +408,10 @@ def check_local_folder(path: str | os.PathLike) -> Path:
         raise DiffusersError(f"no folder at {text}")
     if not folder.is_dir():
         raise DiffusersError(f"{text} is a file, not a folder saved with a diffusers pipeline's save_pretrained")
-    if not (folder / "model_index.json").is_file():
-        raise DiffusersError(f"{text} is not a saved diffusers pipeline (no model_index.json): save one with "
-                             "pipeline.save_pretrained(DIR)")
+    if folder_layout(folder) is None:
+        raise DiffusersError(f"{text} is not a saved diffusers pipeline, model or training checkpoint (no "
+                             "model_index.json, no unet/ or transformer/ with a config.json, no config.json): save "
+                             "one with pipeline.save_pretrained(DIR) or unet.save_pretrained(DIR)")
     return folder
 
 
@@ -428,19 +462,24 @@ def _load_model(diffusers, sub: Path) -> nn.Module:
         raise DiffusersError(f"{sub}: cannot load the {name} ({first})") from None
 
 
-def _load_scheduler(diffusers, sub: Path):
-    config_path = sub / "scheduler_config.json"
-    if not config_path.is_file():
-        raise DiffusersError(f"{sub}: no scheduler_config.json")
-    config = _read_json(config_path)
-    name = config.get("_class_name", "DDPMScheduler")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise DiffusersError(f"{config_path}: unknown scheduler class {name}")
+def _load_scheduler(diffusers, sub: Path | None, name: str | None = None):
+    """The scheduler of ``sub/scheduler_config.json``, or (``sub`` None) the class ``name`` with its defaults."""
+    if sub is None:
+        config: dict[str, Any] = {}
+        where = f"--diffusers-scheduler {name}"
+    else:
+        config_path = sub / "scheduler_config.json"
+        if not config_path.is_file():
+            raise DiffusersError(f"{sub}: no scheduler_config.json")
+        config = _read_json(config_path)
+        name, where = config.get("_class_name", DEFAULT_SCHEDULER), str(config_path)
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not (isinstance(cls, type) and str(name).endswith("Scheduler")):
+        raise DiffusersError(f"{where}: unknown scheduler class {name} (e.g. DDPMScheduler, DDIMScheduler)")
     try:
-        scheduler = cls.from_config(config)
+        scheduler = cls.from_config(config) if config else cls()
     except (ValueError, TypeError, NotImplementedError) as err:
-        raise DiffusersError(f"{config_path}: cannot build the {name} ({err})") from None
+        raise DiffusersError(f"{where}: cannot build the {name} ({err})") from None
     if getattr(scheduler, "alphas_cumprod", None) is None:
         raise DiffusersError(f"{name} has no alphas_cumprod: cfgdiff adapts discrete-time (DDPM-family) schedules")
     return scheduler
@@ -471,6 +510,8 @@ class DiffusersModel:
         self.vae = vae.eval() if vae is not None else None
         self.path = path
         self.decode_batch_size = decode_batch_size
+        self.notes: list[str] = []  # what was assumed while loading (a default schedule), one line each
+        self.layout = "pipeline"  # which of LAYOUTS the folder had
         if vae is None:
             self.image_shape = tuple(eps_fn.data_shape)
         else:
@@ -509,33 +550,77 @@ class DiffusersModel:
         return torch.cat(out).to(z.device)
 
 
+def _scheduler_source(scheduler: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """``--diffusers-scheduler``: (the folder holding scheduler_config.json, None) or (None, a class name)."""
+    path = Path(str(scheduler)).expanduser()
+    if path.is_dir():
+        for sub in (path, path / "scheduler"):
+            if (sub / "scheduler_config.json").is_file():
+                return sub, None
+        raise DiffusersError(f"{scheduler}: no scheduler_config.json here or in scheduler/")
+    if path.is_file() and path.name == "scheduler_config.json":
+        return path.parent, None
+    text = str(scheduler)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", text):
+        raise DiffusersError(f"--diffusers-scheduler {text}: neither a folder with scheduler_config.json nor a "
+                             "diffusers scheduler class name (e.g. DDPMScheduler)")
+    return None, text
+
+
 def load_diffusers(
     path: str | os.PathLike,
     *,
     null_label: int | None = None,
     classes: Sequence[int] | None = None,
+    scheduler: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> DiffusersModel:
-    """A pipeline folder saved with ``save_pretrained`` as a ``DiffusersModel``; nothing is downloaded.
+    """A local folder (a saved pipeline, a training checkpoint's sub-folders, or a bare model; module docstring)
+    as a ``DiffusersModel``; nothing is downloaded.
 
     ``null_label``: the model's class id trained as the null label (DiT's own is used when not given; a UNet
     without one cannot be guided). ``classes``: the model's class ids to expose as cfgdiff's 0 .. K-1.
-    ``id2label`` (class names) is read from ``model_index.json`` or from the denoiser's ``config.json``.
+    ``scheduler``: a folder with scheduler_config.json (or a scheduler/ sub-folder), or a diffusers scheduler class
+    name (its defaults), instead of the folder's own. ``id2label`` (class names) is read from
+    ``model_index.json`` or from the denoiser's ``config.json``.
     """
     folder = check_local_folder(path)
+    layout = folder_layout(folder)
     diffusers = import_diffusers()
-    index = _read_json(folder / "model_index.json")
-    comp = next((c for c in DENOISER_COMPONENTS if _component_dir(folder, index, c) is not None), None)
-    if comp is None:
-        raise DiffusersError(f"{folder}: model_index.json has no transformer or unet component")
-    if _component_dir(folder, index, "scheduler") is None:
-        raise DiffusersError(f"{folder}: model_index.json has no scheduler (the timesteps' alphas_cumprod)")
+    if layout == "pipeline":
+        index = _read_json(folder / "model_index.json")
+        comp = next((c for c in DENOISER_COMPONENTS if _component_dir(folder, index, c) is not None), None)
+        if comp is None:
+            raise DiffusersError(f"{folder}: model_index.json has no transformer or unet component")
+        if scheduler is None and _component_dir(folder, index, "scheduler") is None:
+            raise DiffusersError(f"{folder}: model_index.json has no scheduler (the timesteps' alphas_cumprod); "
+                                 "name one with --diffusers-scheduler DIR_OR_CLASS")
+        model_dir: Path = folder / comp
+        has_vae = _component_dir(folder, index, "vae") is not None
+        own_scheduler: Path | None = folder / "scheduler"
+    else:
+        index = {}
+        if layout == "components":
+            model_dir = folder / next(c for c in DENOISER_COMPONENTS if (folder / c / "config.json").is_file())
+        else:
+            model_dir = folder
+        has_vae = layout == "components" and (folder / "vae" / "config.json").is_file()
+        own_scheduler = folder / "scheduler" if (folder / "scheduler" / "scheduler_config.json").is_file() else None
+    notes: list[str] = []
+    if scheduler is not None:
+        scheduler_dir, scheduler_name = _scheduler_source(scheduler)
+    elif own_scheduler is not None:
+        scheduler_dir, scheduler_name = own_scheduler, None
+    else:
+        scheduler_dir, scheduler_name = None, DEFAULT_SCHEDULER
+        kind = "a bare model folder" if layout == "model" else "a training checkpoint, no model_index.json"
+        notes.append(DEFAULT_SCHEDULER_NOTE.format(where=f"{folder} ({kind})"))
     with _quiet_diffusers(diffusers):
-        model = _load_model(diffusers, folder / comp)
-        scheduler = _load_scheduler(diffusers, folder / "scheduler")
+        model = _load_model(diffusers, model_dir)
+        noise_scheduler = _load_scheduler(diffusers, scheduler_dir, scheduler_name)
         vae = None
-        if _component_dir(folder, index, "vae") is not None:
+        if has_vae:
             _check_safetensors(folder / "vae")
             vae_name = _read_json(folder / "vae" / "config.json").get("_class_name", "AutoencoderKL")
             if vae_name != "AutoencoderKL":
@@ -550,12 +635,14 @@ def load_diffusers(
         if vae is not None:
             vae = vae.to(device) if dtype == next(vae.parameters()).dtype else vae.to(device, dtype)
     model.requires_grad_(False)
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = noise_scheduler.config.get("prediction_type", "epsilon")
     eps_fn = DiffusersEpsFn(
-        model, scheduler.alphas_cumprod, prediction_type=prediction_type,
+        model, noise_scheduler.alphas_cumprod, prediction_type=prediction_type,
         null_label="auto" if null_label is None else null_label, classes=classes,
         id2label=_read_id2label(index, model), x_bound=None if vae is not None else 1.0,
     )
     if vae is not None:
         vae.requires_grad_(False)
-    return DiffusersModel(eps_fn, scheduler, vae, folder)
+    loaded = DiffusersModel(eps_fn, noise_scheduler, vae, folder)
+    loaded.layout, loaded.notes = str(layout), notes
+    return loaded
