@@ -1,10 +1,11 @@
 """Where ``cfgdiff sample`` and ``cfgdiff eval`` get their model: a cfgdiff run directory or a diffusers pipeline.
 
 ``add_model_source_options(p)`` adds the positional RUN_DIR (now optional), ``--diffusers DIR``,
-``--diffusers-scheduler DIR_OR_CLASS`` and ``--null-label N`` (and, for eval, ``--data``); ``load_model_source(args, ...)`` returns a ``ModelSource``: the
-eps_fn and what the commands need around it (class count and names, the sampler's data shape and the images'
-shape, the clipping bound, the trained log-SNR range that the samplers' grids are clipped to, a ``decode`` for
-latent models, the data set for FID, a folder for default outputs).
+``--diffusers-scheduler DIR_OR_CLASS`` and ``--null-label N`` (and, for eval, ``--data``);
+``load_model_source(args, ...)`` returns a ``ModelSource``: the eps_fn and what the commands need around it
+(class count and names, the sampler's data shape and the images' shape, the clipping bound, the trained log-SNR
+range that the samplers' grids are clipped to, a ``decode`` for latent models, the data set for FID, a folder for
+default outputs).
 """
 
 from __future__ import annotations
