@@ -1,7 +1,7 @@
 """Guidance by a perturbed copy of the same network: perturbed-attention guidance (PAG; Ahn et al. 2024,
-"Self-Rectifying Diffusion Sampling with Perturbed-Attention Guidance", arXiv 2403.17377, Eq. 9-10) and
-skip-layer guidance (SLG; Stability AI's SD3.5, after Spatiotemporal Skip Guidance, Hyung et al. 2024,
-arXiv 2411.18664).
+"Self-Rectifying Diffusion Sampling with Perturbed-Attention Guidance", arXiv 2403.17377, with CFG as in its
+combined form) and skip-layer guidance (SLG: Stability AI's for SD3.5, diffusers' ``StableDiffusion3Pipeline``
+``skip_guidance_layers``; the idea of Spatiotemporal Skip Guidance, Hyung et al. 2024, arXiv 2411.18664).
 
     ε̃ = ε_c + w (ε_c - ε_u) + s (ε_c - ε_p)
 
@@ -25,8 +25,8 @@ from cfgdiff.core.contract import EpsFn, call_eps_fn, null_labels
 from cfgdiff.core.perturbation import Perturbation, PerturbationError, check_layers, find_perturbable, perturbing
 from cfgdiff.guidance.base import GuidanceWeight, GuidedEpsFn, check_finite, combine_cfg
 
-RECOMMENDED_PAG_SCALE = 3.0  # Ahn et al. 2024, §5: s = 3.0 for PAG on Stable Diffusion
-RECOMMENDED_SLG_SCALE = 2.8  # SD3.5's skip_layer_guidance_scale in diffusers' StableDiffusion3Pipeline
+RECOMMENDED_PAG_SCALE = 3.0  # pag_scale, the default of diffusers' PAG pipelines (Stable Diffusion, mid-block)
+RECOMMENDED_SLG_SCALE = 2.8  # skip_layer_guidance_scale, the default of diffusers' StableDiffusion3Pipeline
 METHOD_OF_KIND = {"attention-identity": "pag", "skip": "skip-layer"}  # the registry's name of each kind
 
 
