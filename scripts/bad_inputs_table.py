@@ -384,6 +384,8 @@ def guidance_cases(digits):
         ["--guidance", "auto", "--guide-run", "OTHER"], ["--guidance", "auto", "--guide-run", "NOWHERE"],
         ["--guidance", "classifier"], ["--guidance", "classifier", "--classifier", "NOWHERE"],
         ["--guidance", "classifier", "--classifier", "RUN"],
+        ["--guidance", "pag", "--pag-layers", "nope"], ["--guidance", "pag", "--pag-scale", "-1"],
+        ["--guidance", "skip-layer", "--skip-layers", "up.0"], ["--pag-scale", "1"],
     ]
     for extra in bad:
         argv = ["sample", digits, "--steps", "2", "--n-per-class", "1", "--out", ROOT / "never.png", "--no-progress",

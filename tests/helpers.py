@@ -77,3 +77,31 @@ class RowNet(torch.nn.Module):
 
     def forward(self, z, logsnr, labels):
         return self.out(torch.tanh(self.inp(torch.cat([z, logsnr[:, None] / 20], 1)) + self.emb(labels)))
+
+
+class PerturbableNet:
+    """An eps_fn with the per-row perturbation switch (``cfgdiff.core.perturbation``) and a known perturbed network:
+    rows switched on (any kind, its one layer ``all``) are ``weak``'s, the others ``base``'s, so PAG / SLG over it
+    is ε_c + w (ε_c - ε_u) + s (ε_c - ε_weak) exactly."""
+
+    def __init__(self, base, weak):
+        self.base, self.weak = base, weak
+        self.num_classes = base.num_classes
+        if hasattr(base, "data_shape"):
+            self.data_shape = base.data_shape
+
+    def perturbable_layers(self, kind):
+        return ("all",)
+
+    def default_perturbed_layers(self, kind):
+        return ("all",)
+
+    def __call__(self, z, logsnr, labels):
+        from cfgdiff.core.perturbation import active_perturbation, merge_rows, split_rows
+
+        active = active_perturbation(z.shape[0])
+        if active is None:
+            return self.base(z, logsnr, labels)
+        keep, switched = split_rows(active.rows)
+        return merge_rows(self.base(z[keep], logsnr[keep], labels[keep]),
+                          self.weak(z[switched], logsnr[switched], labels[switched]), active.rows)

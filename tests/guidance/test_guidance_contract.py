@@ -21,7 +21,7 @@ from cfgdiff.guidance import (
 from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.generate import generate_samples
 from cfgdiff.sampling.solvers import SAMPLERS
-from tests.helpers import RowNet
+from tests.helpers import PerturbableNet, RowNet
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,12 @@ def test_cfg_zero_init_step_does_not_move_the_flow(gm):
 def _params(gm):
     return {"cfg": {}, "rescale": {}, "thresholding": {"bound": 2.0}, "apg": {"beta": 0.0}, "cfgpp": {},
             "cfg-zero": {"zero_init_steps": 0}, "auto": {"guide": GaussianMixture(gm.means, 1.5 * gm.stds)},
-            "classifier": {"log_prob_fn": gm.log_prob_fn}}
+            "classifier": {"log_prob_fn": gm.log_prob_fn}, "pag": {}, "skip-layer": {}}
+
+
+def _subject(name, gm):
+    """The model a method runs on: for PAG / SLG the mixture with the per-row switch (perturbed = a wider one)."""
+    return PerturbableNet(gm, GaussianMixture(gm.means, 1.5 * gm.stds)) if GUIDANCE_METHODS[name].perturbation else gm
 
 
 def _eps(f, z, logsnr, labels):
@@ -220,12 +225,12 @@ def test_the_interval_and_weight_schedules_compose_with_every_method(gm, name):
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     labels = torch.arange(6) % 3
     interval = guidance_interval(lambda lam: -0.5 if lam < 0 else -0.2, logsnr_lo=-2.0, logsnr_hi=2.0)
-    schedule_fn = make_guide(name, **params)(gm, interval)
+    schedule_fn = make_guide(name, **params)(_subject(name, gm), interval)
     for lam, inside in ((-5.0, False), (-1.0, True), (1.0, True), (3.0, False)):
         logsnr = torch.full((6,), lam, dtype=torch.float64)
         got = _eps(schedule_fn, z, logsnr, labels)
         if inside:  # the schedule's weight at λ, exactly as that constant weight
-            expected = _eps(make_guide(name, **params)(gm, interval(lam)), z, logsnr, labels)
+            expected = _eps(make_guide(name, **params)(_subject(name, gm), interval(lam)), z, logsnr, labels)
         else:  # outside: the plain conditional model, whatever the method
             eps_c = gm(z, logsnr, labels)
             expected = EpsPair(eps_c, eps_c) if hasattr(schedule_fn, "eps_pair") else eps_c
@@ -238,7 +243,7 @@ def test_outside_the_interval_everywhere_every_method_is_the_conditional_sampler
     labels = torch.arange(6) % 3
     nowhere = guidance_interval(5.0, logsnr_lo=100.0, logsnr_hi=200.0)
     kw = {"steps": 8, "dtype": torch.float64}
-    x = SAMPLERS[sampler](make_guide(name, **_params(gm)[name])(gm, nowhere), (6, 2), labels,
+    x = SAMPLERS[sampler](make_guide(name, **_params(gm)[name])(_subject(name, gm), nowhere), (6, 2), labels,
                           generator=_generators(6), **kw)
     assert torch.equal(x, SAMPLERS[sampler](gm, (6, 2), labels, generator=_generators(6), **kw))
 

@@ -28,7 +28,7 @@ from cfgdiff.guidance import (
 )
 from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.solvers import SAMPLERS
-from tests.helpers import RowNet
+from tests.helpers import PerturbableNet, RowNet
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,8 @@ def test_every_method_at_its_neutral_setting_samples_as_plain_cfg(gm):
     for name, spec in GUIDANCE_METHODS.items():
         if spec.neutral is None or name == "thresholding":  # thresholding is neutral only on in-range x̂
             continue
-        x = SAMPLERS["ddim"](make_guide(name, **spec.neutral)(gm, 2.0), (9, 2), labels,
+        model = PerturbableNet(gm, GaussianMixture(gm.means, 1.5 * gm.stds)) if spec.perturbation else gm
+        x = SAMPLERS["ddim"](make_guide(name, **spec.neutral)(model, 2.0), (9, 2), labels,
                              generator=torch.Generator().manual_seed(3), **kw)
         torch.testing.assert_close(x, ref, rtol=1e-9, atol=1e-9, msg=name)
 
@@ -278,8 +279,14 @@ def _counted_methods(net):
     """Each method over a counted RowNet; autoguidance's guide network counted on its own."""
     guide = CountingEpsFn(RowNet())
     params = {"cfg": {}, "rescale": {}, "thresholding": {"bound": 10.0}, "apg": {"beta": 0.0}, "cfgpp": {},
-              "cfg-zero": {"zero_init_steps": 0}, "auto": {"guide": guide}, "classifier": {"log_prob_fn": _log_prob}}
+              "cfg-zero": {"zero_init_steps": 0}, "auto": {"guide": guide}, "classifier": {"log_prob_fn": _log_prob},
+              "pag": {}, "skip-layer": {}}
     return params, guide
+
+
+def _subject(name, net):
+    """The network a method is run on: for PAG / SLG one with the per-row perturbation switch."""
+    return PerturbableNet(net, RowNet(dim=2)) if GUIDANCE_METHODS[name].perturbation else net
 
 
 def _log_prob(z, logsnr, labels):
@@ -289,7 +296,7 @@ def _log_prob(z, logsnr, labels):
 @pytest.mark.parametrize("name", list(GUIDANCE_METHODS))
 def test_a_guided_step_is_one_call_and_an_unguided_one_is_b_rows(name):
     net = RowNet()
-    counted = CountingEpsFn(net)
+    counted = CountingEpsFn(_subject(name, net))
     params, guide = _counted_methods(net)
     z, labels = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
@@ -304,6 +311,8 @@ def test_a_guided_step_is_one_call_and_an_unguided_one_is_b_rows(name):
         assert guided == [4]  # and one call of B rows of the guide network
     elif name == "classifier":
         assert guided == [4]  # plus a classifier forward and backward pass
+    elif GUIDANCE_METHODS[name].perturbation:
+        assert guided == [12]  # conditional, null and perturbed rows in one call
     else:
         assert guided == [8]
 
@@ -311,13 +320,14 @@ def test_a_guided_step_is_one_call_and_an_unguided_one_is_b_rows(name):
 @pytest.mark.parametrize("name", list(GUIDANCE_METHODS))
 def test_nfe_over_a_run_is_one_call_per_step(name):
     net = RowNet()
-    counted = CountingEpsFn(net)
+    counted = CountingEpsFn(_subject(name, net))
     params, guide = _counted_methods(net)
     labels = torch.tensor([0, 1, 2])
     SAMPLERS["ddim"](make_guide(name, **params[name])(counted, 2.0), (3, 2), labels, steps=7,
                      generator=torch.Generator().manual_seed(0))
     assert counted.calls == 7
-    assert counted.rows == 7 * (3 if name in ("auto", "classifier") else 6)
+    per_step = 3 if name in ("auto", "classifier") else 9 if GUIDANCE_METHODS[name].perturbation else 6
+    assert counted.rows == 7 * per_step
     assert guide.rows == (7 * 3 if name == "auto" else 0)
 
 

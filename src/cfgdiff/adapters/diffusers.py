@@ -18,12 +18,33 @@ puts it behind cfgdiff's one contract ``eps = eps_fn(z, logsnr, labels)``:
   class cannot be guided with classifier-free guidance: calling it with the null label raises
   ``NoNullLabelError``.
 
+**Perturbation** (PAG and skip-layer guidance, ``cfgdiff.core.perturbation``): layers are the model's own module
+names (``model.named_modules()``). ``attention-identity`` takes any self-attention ``Attention`` module (DiT's
+``transformer_blocks.i.attn1``, a UNet's ``mid_block.attentions.0``): for the switched-on rows its processor is
+swapped, for the one call, for the identity map (output = to_out(to_v(h)), as diffusers'
+``PAGIdentitySelfAttnProcessor2_0``), the other rows keep the model's own processor. ``skip`` takes DiT's
+``transformer_blocks.i`` and a UNet's ``mid_block``, its self-attention modules and its resnets whose input and
+output shapes agree: for the switched-on rows the module returns its input (a forward hook for the one call).
+Defaults: the middle transformer block (its ``attn1`` for PAG) of a DiT, ``mid_block.attentions.0`` of a UNet.
+
 Guidance stays outside the network, as everywhere in cfgdiff: ``cfg(adapter, w)`` makes one batched call of 2B
 rows, conditional rows then null rows, exactly the arithmetic of diffusers' ``DiTPipeline`` with its
 ``guidance_scale`` s = w + 1.
 
-``load_diffusers(DIR)`` reads a pipeline saved with ``save_pretrained`` (``model_index.json``, ``transformer/`` or
-``unet/``, ``scheduler/``, optional ``vae/``) from a local folder; nothing is downloaded (``HF_HUB_OFFLINE=1`` is
+``load_diffusers(DIR)`` reads a local folder in any of the three layouts users have (``folder_layout``):
+
+* ``pipeline``: a pipeline saved with ``save_pretrained`` (``model_index.json``, ``transformer/`` or ``unet/``,
+  ``scheduler/``, optional ``vae/``);
+* ``components``: the same sub-folders without ``model_index.json``, what a training script's checkpoint folder
+  holds (``unet/``, often ``scheduler/``; ``transformer/`` beside ``vae/``);
+* ``model``: a bare model folder, ``unet.save_pretrained(DIR)`` (``config.json`` and
+  ``diffusion_pytorch_model.safetensors``).
+
+The noise schedule comes from ``scheduler=`` (``--diffusers-scheduler``: a folder holding
+``scheduler_config.json``, a folder with a ``scheduler/`` sub-folder, or a diffusers scheduler class name whose
+defaults are taken), else from the folder's ``scheduler/``; a pipeline must have one, the other two layouts
+without one assume ``DDPMScheduler()``'s defaults (1000 linear betas 1e-4 .. 0.02, epsilon prediction) and say
+so in ``DiffusersModel.notes``. Nothing is downloaded (``HF_HUB_OFFLINE=1`` is
 set before diffusers is imported) and only safetensors weights are read (nothing is unpickled). A latent
 model (DiT with its VAE) samples latents and ``decode`` turns them into images in [-1, 1].
 
@@ -44,6 +65,7 @@ import torch
 from torch import nn
 
 from cfgdiff.adapters.discrete import PREDICTION_TYPES, DiscreteSchedule, eps_from_prediction
+from cfgdiff.core.perturbation import ActivePerturbation, active_perturbation, merge_rows, split_rows
 
 INSTALL_HINT = "pip install 'cfgdiff[diffusers]'"
 DENOISER_COMPONENTS = ("transformer", "unet")  # model_index.json keys of the denoiser, in the order looked for
@@ -205,11 +227,141 @@ class DiffusersEpsFn(nn.Module):
         return out[:, : self.in_channels] if self.learned_variance else out
 
     def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """ε̂(z, λ, c): the network at t(λ) with λ clamped to the trained range, converted to ε."""
+        """ε̂(z, λ, c): the network at t(λ) with λ clamped to the trained range, converted to ε; rows switched on by
+        ``cfgdiff.core.perturbation`` go through the perturbed layers."""
         logsnr = self.schedule.clamp_logsnr(logsnr.reshape(-1))
         t = self.schedule.t_from_logsnr(logsnr).to(torch.float32)  # [B] fractional timesteps
-        out = self.network(z, t, self.model_labels(labels))
+        active = active_perturbation(z.shape[0])
+        with nullcontext() if active is None else self._perturbed(active):
+            out = self.network(z, t, self.model_labels(labels))
         return eps_from_prediction(out, z, logsnr, self.prediction_type)
+
+    # -- perturbation (PAG, skip-layer guidance) ---------------------------------------------------------------
+
+    def perturbable_layers(self, kind: str) -> tuple[str, ...]:
+        """The model's module names that ``kind`` can perturb (module docstring)."""
+        attention = _attention_class()
+        names: list[str] = []
+        for name, module in self.model.named_modules():
+            if kind == "attention-identity":
+                if isinstance(module, attention) and not module.is_cross_attention:
+                    names.append(name)
+            elif kind == "skip":
+                if self.kind == "dit":
+                    if re.fullmatch(r"transformer_blocks\.\d+", name):
+                        names.append(name)
+                elif name == "mid_block" or (isinstance(module, attention) and not module.is_cross_attention
+                                             and module.residual_connection) or _same_shape_resnet(module):
+                    names.append(name)
+        return tuple(names)
+
+    def default_perturbed_layers(self, kind: str) -> tuple[str, ...]:
+        """DiT: its middle transformer block (``attn1`` for PAG); UNet: ``mid_block.attentions.0`` (else the middle
+        one of the available layers). Not yet chosen by a measurement."""
+        available = self.perturbable_layers(kind)
+        if not available:
+            return ()
+        if self.kind == "dit":
+            blocks = len(getattr(self.model, "transformer_blocks", ()))
+            name = f"transformer_blocks.{blocks // 2}" + (".attn1" if kind == "attention-identity" else "")
+            if name in available:
+                return (name,)
+        elif "mid_block.attentions.0" in available:
+            return ("mid_block.attentions.0",)
+        return (available[len(available) // 2],)
+
+    @contextmanager
+    def _perturbed(self, active: ActivePerturbation):
+        """The model's named layers perturbed for ``active.rows`` during one call, restored afterwards."""
+        modules = dict(self.model.named_modules())
+        kind, rows = active.perturbation.kind, active.rows.to(next(self.model.parameters()).device)
+        missing = [name for name in active.perturbation.layers if name not in modules]
+        if missing:
+            raise DiffusersError(f"{_model_class_name(self.model)} has no module {missing[0]!r}")
+        swapped, hooks = [], []
+        try:
+            for name in active.perturbation.layers:
+                module = modules[name]
+                if kind == "attention-identity":
+                    swapped.append((module, module.processor))
+                    module.processor = RowIdentityAttnProcessor(rows, module.processor)
+                else:
+                    hooks.append(module.register_forward_hook(_skip_rows_hook(rows), with_kwargs=True))
+            yield
+        finally:
+            for module, processor in swapped:
+                module.processor = processor
+            for hook in hooks:
+                hook.remove()
+
+
+def _attention_class() -> type:
+    from diffusers.models.attention_processor import Attention
+
+    return Attention
+
+
+def _same_shape_resnet(module: nn.Module) -> bool:
+    """A diffusers ResnetBlock2D that neither resamples nor changes the channel count (it can return its input)."""
+    return (type(module).__name__ == "ResnetBlock2D" and module.in_channels == module.out_channels
+            and not module.up and not module.down)
+
+
+def _skip_rows_hook(rows: torch.Tensor):
+    """A forward hook that gives the switched-on rows the module's input as its output (the module skipped)."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        inputs = args[0] if args else kwargs["hidden_states"]
+        tensor = output[0] if isinstance(output, tuple) else output
+        if tensor.shape != inputs.shape:
+            raise DiffusersError(f"{type(module).__name__} changes the shape {tuple(inputs.shape)} -> "
+                                 f"{tuple(tensor.shape)}: it cannot be skipped")
+        mask = rows.reshape(-1, *([1] * (tensor.ndim - 1)))
+        skipped = torch.where(mask, inputs.to(tensor.dtype), tensor)
+        return (skipped, *output[1:]) if isinstance(output, tuple) else skipped
+
+    return hook
+
+
+class RowIdentityAttnProcessor:
+    """An attention processor whose switched-on rows take the identity attention map, softmax(QKᵀ/√d) -> I, so the
+    attention's output is to_out(to_v(h)) (PAG, Ahn et al. 2024; diffusers' ``PAGIdentitySelfAttnProcessor2_0``
+    for those rows); the other rows go through ``base``, the module's own processor."""
+
+    def __init__(self, rows: torch.Tensor, base: Any) -> None:
+        self.rows, self.base = rows, base
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        keep, switched = split_rows(self.rows)
+
+        def rows_of(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+            return x[index] if x is not None and x.shape[0] == self.rows.numel() else x
+
+        perturbed = self.identity(attn, hidden_states[switched], rows_of(temb, switched))
+        if keep.numel() == 0:
+            return perturbed
+        plain = self.base(attn, hidden_states[keep], rows_of(encoder_hidden_states, keep),
+                          rows_of(attention_mask, keep), **({"temb": temb[keep]} if temb is not None else {}))
+        return merge_rows(plain, perturbed, self.rows)
+
+    @staticmethod
+    def identity(attn: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """The self-attention with the identity map: residual + to_out(to_v(norm(h))), rescaled as diffusers does."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape = hidden_states.shape
+        if hidden_states.ndim == 4:  # [B, C, H, W] -> [B, HW, C]
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = attn.to_out[1](attn.to_out[0](attn.to_v(hidden_states)))  # V, projected; dropout
+        if len(shape) == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
 
 
 # -- loading a saved pipeline --------------------------------------------------------------------------------
@@ -222,8 +374,29 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DiffusersError(f"{path}: not a readable JSON file ({err})") from None
 
 
+DEFAULT_SCHEDULER = "DDPMScheduler"  # assumed where a folder has no scheduler and none is named
+DEFAULT_SCHEDULER_NOTE = ("{where} has no scheduler: assuming DDPMScheduler's defaults (1000 timesteps, linear "
+                          "betas 1e-4 .. 0.02, epsilon prediction); name another with --diffusers-scheduler "
+                          "DIR_OR_CLASS")
+LAYOUTS = ("pipeline", "components", "model")
+
+
+def folder_layout(folder: Path) -> str | None:
+    """``pipeline`` (model_index.json), ``components`` (a ``transformer/`` or ``unet/`` sub-folder with a
+    config.json, no model_index.json: a training checkpoint), ``model`` (config.json of a model class, a bare
+    ``save_pretrained`` of the network), or None."""
+    if (folder / "model_index.json").is_file():
+        return "pipeline"
+    if any((folder / c / "config.json").is_file() for c in DENOISER_COMPONENTS):
+        return "components"
+    if (folder / "config.json").is_file():
+        return "model"
+    return None
+
+
 def check_local_folder(path: str | os.PathLike) -> Path:
-    """``path`` as a local pipeline folder, or a one-line ``DiffusersError`` (a hub id gets the save-first hint)."""
+    """``path`` as a local folder in one of ``LAYOUTS``, or a one-line ``DiffusersError`` (a hub id gets the
+    save-first hint)."""
     text = str(path)
     folder = Path(text).expanduser()
     if not folder.exists():
@@ -235,9 +408,10 @@ def check_local_folder(path: str | os.PathLike) -> Path:
         raise DiffusersError(f"no folder at {text}")
     if not folder.is_dir():
         raise DiffusersError(f"{text} is a file, not a folder saved with a diffusers pipeline's save_pretrained")
-    if not (folder / "model_index.json").is_file():
-        raise DiffusersError(f"{text} is not a saved diffusers pipeline (no model_index.json): save one with "
-                             "pipeline.save_pretrained(DIR)")
+    if folder_layout(folder) is None:
+        raise DiffusersError(f"{text} is not a saved diffusers pipeline, model or training checkpoint (no "
+                             "model_index.json, no unet/ or transformer/ with a config.json, no config.json): save "
+                             "one with pipeline.save_pretrained(DIR) or unet.save_pretrained(DIR)")
     return folder
 
 
@@ -288,19 +462,24 @@ def _load_model(diffusers, sub: Path) -> nn.Module:
         raise DiffusersError(f"{sub}: cannot load the {name} ({first})") from None
 
 
-def _load_scheduler(diffusers, sub: Path):
-    config_path = sub / "scheduler_config.json"
-    if not config_path.is_file():
-        raise DiffusersError(f"{sub}: no scheduler_config.json")
-    config = _read_json(config_path)
-    name = config.get("_class_name", "DDPMScheduler")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise DiffusersError(f"{config_path}: unknown scheduler class {name}")
+def _load_scheduler(diffusers, sub: Path | None, name: str | None = None):
+    """The scheduler of ``sub/scheduler_config.json``, or (``sub`` None) the class ``name`` with its defaults."""
+    if sub is None:
+        config: dict[str, Any] = {}
+        where = f"--diffusers-scheduler {name}"
+    else:
+        config_path = sub / "scheduler_config.json"
+        if not config_path.is_file():
+            raise DiffusersError(f"{sub}: no scheduler_config.json")
+        config = _read_json(config_path)
+        name, where = config.get("_class_name", DEFAULT_SCHEDULER), str(config_path)
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not (isinstance(cls, type) and str(name).endswith("Scheduler")):
+        raise DiffusersError(f"{where}: unknown scheduler class {name} (e.g. DDPMScheduler, DDIMScheduler)")
     try:
-        scheduler = cls.from_config(config)
+        scheduler = cls.from_config(config) if config else cls()
     except (ValueError, TypeError, NotImplementedError) as err:
-        raise DiffusersError(f"{config_path}: cannot build the {name} ({err})") from None
+        raise DiffusersError(f"{where}: cannot build the {name} ({err})") from None
     if getattr(scheduler, "alphas_cumprod", None) is None:
         raise DiffusersError(f"{name} has no alphas_cumprod: cfgdiff adapts discrete-time (DDPM-family) schedules")
     return scheduler
@@ -331,6 +510,8 @@ class DiffusersModel:
         self.vae = vae.eval() if vae is not None else None
         self.path = path
         self.decode_batch_size = decode_batch_size
+        self.notes: list[str] = []  # what was assumed while loading (a default schedule), one line each
+        self.layout = "pipeline"  # which of LAYOUTS the folder had
         if vae is None:
             self.image_shape = tuple(eps_fn.data_shape)
         else:
@@ -369,33 +550,77 @@ class DiffusersModel:
         return torch.cat(out).to(z.device)
 
 
+def _scheduler_source(scheduler: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """``--diffusers-scheduler``: (the folder holding scheduler_config.json, None) or (None, a class name)."""
+    path = Path(str(scheduler)).expanduser()
+    if path.is_dir():
+        for sub in (path, path / "scheduler"):
+            if (sub / "scheduler_config.json").is_file():
+                return sub, None
+        raise DiffusersError(f"{scheduler}: no scheduler_config.json here or in scheduler/")
+    if path.is_file() and path.name == "scheduler_config.json":
+        return path.parent, None
+    text = str(scheduler)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", text):
+        raise DiffusersError(f"--diffusers-scheduler {text}: neither a folder with scheduler_config.json nor a "
+                             "diffusers scheduler class name (e.g. DDPMScheduler)")
+    return None, text
+
+
 def load_diffusers(
     path: str | os.PathLike,
     *,
     null_label: int | None = None,
     classes: Sequence[int] | None = None,
+    scheduler: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> DiffusersModel:
-    """A pipeline folder saved with ``save_pretrained`` as a ``DiffusersModel``; nothing is downloaded.
+    """A local folder (a saved pipeline, a training checkpoint's sub-folders, or a bare model; module docstring)
+    as a ``DiffusersModel``; nothing is downloaded.
 
     ``null_label``: the model's class id trained as the null label (DiT's own is used when not given; a UNet
     without one cannot be guided). ``classes``: the model's class ids to expose as cfgdiff's 0 .. K-1.
-    ``id2label`` (class names) is read from ``model_index.json`` or from the denoiser's ``config.json``.
+    ``scheduler``: a folder with scheduler_config.json (or a scheduler/ sub-folder), or a diffusers scheduler class
+    name (its defaults), instead of the folder's own. ``id2label`` (class names) is read from
+    ``model_index.json`` or from the denoiser's ``config.json``.
     """
     folder = check_local_folder(path)
+    layout = folder_layout(folder)
     diffusers = import_diffusers()
-    index = _read_json(folder / "model_index.json")
-    comp = next((c for c in DENOISER_COMPONENTS if _component_dir(folder, index, c) is not None), None)
-    if comp is None:
-        raise DiffusersError(f"{folder}: model_index.json has no transformer or unet component")
-    if _component_dir(folder, index, "scheduler") is None:
-        raise DiffusersError(f"{folder}: model_index.json has no scheduler (the timesteps' alphas_cumprod)")
+    if layout == "pipeline":
+        index = _read_json(folder / "model_index.json")
+        comp = next((c for c in DENOISER_COMPONENTS if _component_dir(folder, index, c) is not None), None)
+        if comp is None:
+            raise DiffusersError(f"{folder}: model_index.json has no transformer or unet component")
+        if scheduler is None and _component_dir(folder, index, "scheduler") is None:
+            raise DiffusersError(f"{folder}: model_index.json has no scheduler (the timesteps' alphas_cumprod); "
+                                 "name one with --diffusers-scheduler DIR_OR_CLASS")
+        model_dir: Path = folder / comp
+        has_vae = _component_dir(folder, index, "vae") is not None
+        own_scheduler: Path | None = folder / "scheduler"
+    else:
+        index = {}
+        if layout == "components":
+            model_dir = folder / next(c for c in DENOISER_COMPONENTS if (folder / c / "config.json").is_file())
+        else:
+            model_dir = folder
+        has_vae = layout == "components" and (folder / "vae" / "config.json").is_file()
+        own_scheduler = folder / "scheduler" if (folder / "scheduler" / "scheduler_config.json").is_file() else None
+    notes: list[str] = []
+    if scheduler is not None:
+        scheduler_dir, scheduler_name = _scheduler_source(scheduler)
+    elif own_scheduler is not None:
+        scheduler_dir, scheduler_name = own_scheduler, None
+    else:
+        scheduler_dir, scheduler_name = None, DEFAULT_SCHEDULER
+        kind = "a bare model folder" if layout == "model" else "a training checkpoint, no model_index.json"
+        notes.append(DEFAULT_SCHEDULER_NOTE.format(where=f"{folder} ({kind})"))
     with _quiet_diffusers(diffusers):
-        model = _load_model(diffusers, folder / comp)
-        scheduler = _load_scheduler(diffusers, folder / "scheduler")
+        model = _load_model(diffusers, model_dir)
+        noise_scheduler = _load_scheduler(diffusers, scheduler_dir, scheduler_name)
         vae = None
-        if _component_dir(folder, index, "vae") is not None:
+        if has_vae:
             _check_safetensors(folder / "vae")
             vae_name = _read_json(folder / "vae" / "config.json").get("_class_name", "AutoencoderKL")
             if vae_name != "AutoencoderKL":
@@ -410,12 +635,14 @@ def load_diffusers(
         if vae is not None:
             vae = vae.to(device) if dtype == next(vae.parameters()).dtype else vae.to(device, dtype)
     model.requires_grad_(False)
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = noise_scheduler.config.get("prediction_type", "epsilon")
     eps_fn = DiffusersEpsFn(
-        model, scheduler.alphas_cumprod, prediction_type=prediction_type,
+        model, noise_scheduler.alphas_cumprod, prediction_type=prediction_type,
         null_label="auto" if null_label is None else null_label, classes=classes,
         id2label=_read_id2label(index, model), x_bound=None if vae is not None else 1.0,
     )
     if vae is not None:
         vae.requires_grad_(False)
-    return DiffusersModel(eps_fn, scheduler, vae, folder)
+    loaded = DiffusersModel(eps_fn, noise_scheduler, vae, folder)
+    loaded.layout, loaded.notes = str(layout), notes
+    return loaded

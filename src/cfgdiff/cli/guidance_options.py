@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfgdiff.cli.arguments import UsageError, checked, nonnegative_int, unit_float
+from cfgdiff.cli.arguments import UsageError, checked, nonnegative_float, nonnegative_int, unit_float
 from cfgdiff.guidance import GUIDANCE_METHODS, GuideFn, make_guide
 
 # flag -> (method, its parameter in the method's builder; None: a run directory loaded here)
@@ -28,6 +28,10 @@ METHOD_FLAGS: dict[str, tuple[str, str | None]] = {
     "--apg-r": ("apg", "r"),
     "--apg-beta": ("apg", "beta"),
     "--cfg-zero-steps": ("cfg-zero", "zero_init_steps"),
+    "--pag-scale": ("pag", "scale"),
+    "--pag-layers": ("pag", "layers"),
+    "--slg-scale": ("skip-layer", "scale"),
+    "--skip-layers": ("skip-layer", "layers"),
     "--guide-run": ("auto", None),
     "--classifier": ("classifier", None),
 }
@@ -50,6 +54,27 @@ def _norm_bound(text: str) -> float:
     return value
 
 
+def _layer_list(flag: str):
+    """Comma-separated layer names (``cfgdiff info RUN`` lists a run's); ``none`` for no layer (plain CFG)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        if text.strip().lower() == "none":
+            return ()
+        names = tuple(t.strip() for t in text.split(",") if t.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated layer names (or none), got {text!r}")
+        return names
+
+    return parse
+
+
+def _flag_text(value: Any) -> str:
+    """A parameter's value as its flag takes it: a number, inf, or comma-separated names."""
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) or "none"
+    return "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
+
+
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -61,7 +86,9 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
                    help="cfg: (1+w) eps(z,c) - w eps(z) (default); rescale: Lin et al. 2023; thresholding: Imagen's "
                         "dynamic thresholding; apg: Sadat et al. 2024; cfgpp: CFG++ (w in [-1, 0], its lambda = w+1); "
                         "cfg-zero: CFG-Zero*; auto: autoguidance by a weaker run (--guide-run); classifier: "
-                        "eps(z,c) - w sigma grad log p_phi(c|z) (--classifier)")
+                        "eps(z,c) - w sigma grad log p_phi(c|z) (--classifier); pag: CFG + s (eps_c - eps with "
+                        "identity attention) (--pag-scale, --pag-layers); skip-layer: CFG + s (eps_c - eps with "
+                        "blocks skipped) (--slg-scale, --skip-layers)")
     g.add_argument("--rescale-phi", type=unit_float("--rescale-phi"), default=None,
                    help="rescale: mix phi of the std-rescaled x̂ (0 = plain CFG; default 0.7)")
     g.add_argument("--threshold-percentile", default=None,
@@ -75,6 +102,18 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
                    help="apg: momentum beta of the guidance update (0 = none; default -0.75)")
     g.add_argument("--cfg-zero-steps", type=nonnegative_int("--cfg-zero-steps"), default=None,
                    help="cfg-zero: zero-init of the first K sampler steps (default 1; 0 = none)")
+    g.add_argument("--pag-scale", type=nonnegative_float("--pag-scale"), default=None, metavar="S",
+                   help="pag: scale s of the perturbed-attention term s (eps_c - eps_perturbed) (0 = plain CFG; "
+                        "default 3)")
+    g.add_argument("--pag-layers", type=_layer_list("--pag-layers"), default=None, metavar="L1,L2",
+                   help="pag: self-attention layers whose map becomes the identity (cfgdiff info RUN lists them; "
+                        "default: the middle block's, not yet chosen by a measurement)")
+    g.add_argument("--slg-scale", type=nonnegative_float("--slg-scale"), default=None, metavar="S",
+                   help="skip-layer: scale s of the skip-layer term s (eps_c - eps_skipped) (0 = plain CFG; "
+                        "default 2.8)")
+    g.add_argument("--skip-layers", type=_layer_list("--skip-layers"), default=None, metavar="L1,L2",
+                   help="skip-layer: blocks the perturbed rows skip (cfgdiff info RUN lists them; default: the "
+                        "middle block, not yet chosen by a measurement)")
     g.add_argument("--guide-run", type=Path, default=None, metavar="DIR",
                    help="auto: the weaker guide model, a run of the same data and classes (a smaller network or an "
                         "earlier checkpoint)")
@@ -98,8 +137,11 @@ class GuidanceChoice:
         """The method's numeric parameters in effect (recommended defaults included), for results.json; an infinite
         one as the string "inf" (JSON has no infinity)."""
         effective = {**GUIDANCE_METHODS[self.method].recommended, **self.params}
-        return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in effective.items()
-                if isinstance(v, int | float | bool)}
+        record = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in effective.items()
+                  if isinstance(v, int | float | bool)}
+        if isinstance(effective.get("layers"), tuple | list):  # PAG / SLG: the perturbed layers, by name
+            record["layers"] = ",".join(map(str, effective["layers"]))
+        return record
 
 
 def method_flag_params(args: argparse.Namespace, method: str) -> dict[str, Any]:
@@ -136,7 +178,7 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
     params = method_flag_params(args, method)
     flags = {name: flag for flag, (owner, name) in METHOD_FLAGS.items() if owner == method}
     for name, value in params.items():
-        argv += [flags[name], "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}"]
+        argv += [flags[name], _flag_text(value)]
     lines: list[str] = []
     if method == "thresholding":
         if x_bound is None:
@@ -174,9 +216,14 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
     guide = make_guide(method, **params)
     for w in ws:
         try:
-            guide(model, float(w))  # builds the wrapper: checks the parameters and w, calls no network
+            built = guide(model, float(w))  # builds the wrapper: checks the parameters and w, calls no network
         except ValueError as err:
             raise UsageError(f"--guidance {method}: {err}") from None
+    if spec.perturbation is not None and ws:  # the layers in effect (the network's default when none were named)
+        params["layers"] = tuple(built.layers)  # type: ignore[attr-defined]
+        guide = make_guide(method, **params)
     shown = {k: v for k, v in params.items() if isinstance(v, int | float | bool) and k != "bound"}
     lines.insert(0, f"- guidance: {spec.describe(shown)}: {spec.title}; {spec.formula}")
+    if spec.perturbation is not None and "layers" in params:
+        lines.insert(1, f"- perturbed layers: {_flag_text(params['layers'])}")
     return GuidanceChoice(method=method, params=params, guide=guide, title=spec.title, lines=lines, argv=argv)

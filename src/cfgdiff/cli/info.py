@@ -216,10 +216,12 @@ def _one_run(run_dir: Path, layout: Any, kind: str, trainer: str, checkpoint: Pa
         "checkpoints": _checkpoints(run_dir, layout, checkpoint),
     }
     if kind == "diffusion":
+        record["perturbable_layers"] = _perturbable_layers(record["network"])
         resolved = run_dir / "resolved_config.toml"
         record["resolved_config"] = str(resolved) if resolved.is_file() else None
     if meta.get(DISTILLATION_KEY):
         record["kind"], record["trained_by"] = "distilled", "cfgdiff distill"
+        record.pop("perturbable_layers", None)  # a student is sampled without guidance methods
         record["distillation"] = meta[DISTILLATION_KEY]
     if kind == "noisy_classifier" and meta.get("noisy_test_accuracy"):
         record["noisy_test_accuracy"] = meta["noisy_test_accuracy"]
@@ -228,6 +230,32 @@ def _one_run(run_dir: Path, layout: Any, kind: str, trainer: str, checkpoint: Pa
         extractor = run_dir / "features.safetensors"
         record["extractor"] = str(extractor) if extractor.is_file() else None
     return record
+
+
+def _perturbable_layers(network: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """{method: {"layers": [...], "default": [...]}} for PAG and skip-layer guidance, read off the network built from
+    its config on the meta device (no weights, no memory); {} for a network without the per-row switch."""
+    if not network:
+        return {}
+    import torch
+
+    from cfgdiff.core.perturbation import PerturbableEpsFn
+    from cfgdiff.guidance import GUIDANCE_METHODS
+    from cfgdiff.models import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(network)
+    except (ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(model, PerturbableEpsFn):
+        return {}
+    return {name: {"layers": list(model.perturbable_layers(spec.perturbation)),
+                   "default": list(model.default_perturbed_layers(spec.perturbation))}
+            for name, spec in GUIDANCE_METHODS.items() if spec.perturbation is not None}
+
+
+_LAYER_FLAGS = {"pag": "--pag-layers", "skip-layer": "--skip-layers"}
 
 
 # -- for people -----------------------------------------------------------------------------------------------
@@ -275,6 +303,10 @@ def format_info(info: dict[str, Any]) -> str:
         arch = r["network"].get("arch") or _NETWORKS.get(r["kind"], "network")
         millions = f" ({r['parameters'] / 1e6:.2f}M)" if r["parameters"] >= 1e6 else ""
         out.append(f"  network: {arch}, {r['parameters']:,} parameters{millions}")
+        for method, layers in (r.get("perturbable_layers") or {}).items():
+            flag = _LAYER_FLAGS.get(method, "layers")
+            out.append(f"  {method} layers ({flag}): {', '.join(layers['layers']) or 'none'} (default "
+                       f"{','.join(layers['default']) or 'none'})")
         if r.get("distillation"):
             dist = r["distillation"]
             teacher = dist.get("teacher") or {}

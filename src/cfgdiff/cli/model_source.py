@@ -1,10 +1,11 @@
 """Where ``cfgdiff sample`` and ``cfgdiff eval`` get their model: a cfgdiff run directory or a diffusers pipeline.
 
-``add_model_source_options(p)`` adds the positional RUN_DIR (now optional), ``--diffusers DIR`` and
-``--null-label N`` (and, for eval, ``--data``); ``load_model_source(args, ...)`` returns a ``ModelSource``: the
-eps_fn and what the commands need around it (class count and names, the sampler's data shape and the images'
-shape, the clipping bound, the trained log-SNR range that the samplers' grids are clipped to, a ``decode`` for
-latent models, the data set for FID, a folder for default outputs).
+``add_model_source_options(p)`` adds the positional RUN_DIR (now optional), ``--diffusers DIR``,
+``--diffusers-scheduler DIR_OR_CLASS`` and ``--null-label N`` (and, for eval, ``--data``);
+``load_model_source(args, ...)`` returns a ``ModelSource``: the eps_fn and what the commands need around it
+(class count and names, the sampler's data shape and the images' shape, the clipping bound, the trained log-SNR
+range that the samplers' grids are clipped to, a ``decode`` for latent models, the data set for FID, a folder for
+default outputs).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def add_model_source_options(p: argparse.ArgumentParser, *, data_option: bool = 
                         "or give --diffusers DIR instead")
     p.add_argument("--diffusers", metavar="DIR", default=None,
                    help="a diffusers pipeline saved locally with save_pretrained (DiT, or a class-conditional "
-                        "UNet2DModel); needs pip install 'cfgdiff[diffusers]'; nothing is downloaded")
+                        "UNet2DModel), a training checkpoint folder (unet/ or transformer/, scheduler/) or a bare "
+                        "model folder (unet.save_pretrained(DIR)); needs pip install 'cfgdiff[diffusers]'; nothing "
+                        "is downloaded")
+    p.add_argument("--diffusers-scheduler", metavar="DIR_OR_CLASS", default=None,
+                   help="with --diffusers: the noise schedule, a folder holding scheduler_config.json (or a "
+                        "scheduler/ sub-folder) or a diffusers scheduler class name taken with its defaults (e.g. "
+                        "DDPMScheduler); default: the folder's scheduler/, else DDPMScheduler's defaults (said so)")
     p.add_argument("--null-label", type=nonnegative_int("--null-label"), default=None,
                    help="with --diffusers: the model's class id trained as the null label (default: DiT's own, "
                         "e.g. 1000 for DiT-XL/2; a UNet2DModel has none unless named here)")
@@ -149,6 +156,8 @@ def _check_choice(args: argparse.Namespace) -> None:
         raise UsageError("give either a run directory or --diffusers DIR, not both")
     if run_dir is None and diffusers is None:
         raise UsageError("give a run directory (RUN_DIR) or --diffusers DIR")
+    if diffusers is None and getattr(args, "diffusers_scheduler", None) is not None:
+        raise UsageError("--diffusers-scheduler goes with --diffusers (a cfgdiff run records its schedule)")
     if diffusers is None and getattr(args, "null_label", None) is not None:
         raise UsageError("--null-label goes with --diffusers (a cfgdiff run's null label is its class count)")
     if diffusers is None and getattr(args, "data", None) is not None:
@@ -187,7 +196,10 @@ def load_model_source(args: argparse.Namespace, *, ema: bool = True, device: str
 def _load_diffusers_source(args: argparse.Namespace, device: str) -> ModelSource:
     from cfgdiff.adapters.diffusers import load_diffusers
 
-    loaded = load_diffusers(args.diffusers, null_label=args.null_label, device=device)
+    scheduler = getattr(args, "diffusers_scheduler", None)
+    loaded = load_diffusers(args.diffusers, null_label=args.null_label, scheduler=scheduler, device=device)
+    for note in loaded.notes:  # what was assumed (a default noise schedule), one line each
+        print(f"cfgdiff: note: {note}", file=sys.stderr)
     eps_fn = loaded.eps_fn
     autocast = torch.device(device).type == "cuda"
     decode = partial(loaded.decode, autocast=autocast) if loaded.is_latent else None
@@ -197,6 +209,8 @@ def _load_diffusers_source(args: argparse.Namespace, device: str) -> ModelSource
                    f"{eps_fn.schedule.num_timesteps} timesteps, log-SNR [{eps_fn.logsnr_min:.2f}, "
                    f"{eps_fn.logsnr_max:.2f}])")
     command_args = ["--diffusers", str(args.diffusers)]
+    if scheduler is not None:
+        command_args += ["--diffusers-scheduler", str(scheduler)]
     if args.null_label is not None:
         command_args += ["--null-label", str(args.null_label)]
     data = getattr(args, "data", None) or ""

@@ -138,6 +138,8 @@ def best_config(args: argparse.Namespace, source: Any, params: dict[str, Any], *
         config["diffusers"] = str(args.diffusers)
         if args.null_label is not None:
             config["null-label"] = args.null_label
+        if getattr(args, "diffusers_scheduler", None) is not None:
+            config["diffusers-scheduler"] = str(args.diffusers_scheduler)
     config.update({"w": [w], "guidance": args.guidance, "sampler": args.sampler, "steps": steps})
     for name, value in params.items():
         flag = flags.get((args.guidance, name))

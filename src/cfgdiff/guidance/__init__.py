@@ -10,6 +10,7 @@ One file per method; ``GUIDANCE_METHODS`` (registry.py) names them for the comma
 * ``cfg-zero``: CFG-Zero* (Fan et al. 2025), s* and zero-init of the first K steps           cfg_zero.py
 * ``auto``: autoguidance with a weaker model (Karras et al. 2024)                            autoguidance.py
 * ``classifier``: classifier guidance (Dhariwal & Nichol 2021) and the implicit classifier   classifier.py
+* ``pag`` / ``skip-layer``: the same network perturbed per row, in the same call          perturbed.py
 * weight schedules w(λ) and the guidance interval (Kynkäänniemi et al. 2024)                 schedules.py
 * the weight convention, the batched call and the contract's extensions                      base.py
 
@@ -45,6 +46,7 @@ from cfgdiff.guidance.classifier import (
     classifier_guidance,
     implicit_classifier_grad,
 )
+from cfgdiff.guidance.perturbed import PerturbedGuidance, pag, skip_layer
 from cfgdiff.guidance.registry import GUIDANCE_METHODS, GuidanceMethod, guidance_method, make_guide, uses_null_label
 from cfgdiff.guidance.rescale import RescaledCFG, rescaled_cfg
 from cfgdiff.guidance.schedules import (
@@ -61,10 +63,10 @@ __all__ = [
     "GUIDANCE_METHODS", "AdaptiveProjectedGuidance", "Autoguidance", "CFGPlusPlus", "CFGZeroStar",
     "ClassifierFreeGuidance", "ClassifierGuidance", "DynamicThresholding", "EpsPair", "GuidanceInterval",
     "GuidanceMethod", "GuidanceWeight", "GuidedEpsFn", "GuideFn", "HostLogsnrEpsFn", "HostLogsnrPairedEpsFn",
-    "LogProbFn", "PairedEpsFn", "RescaledCFG",
+    "LogProbFn", "PairedEpsFn", "PerturbedGuidance", "RescaledCFG",
     "TrajectoryEpsFn", "WeightSchedule", "apg", "autoguidance", "cfg",
     "cfg_zero_star", "cfgpp", "check_weight", "classifier_guidance", "combine_cfg", "dynamic_thresholding",
     "eval_cond_uncond", "guidance_interval", "guidance_interval_sigma", "guidance_method", "guided_at",
-    "guided_fraction", "implicit_classifier_grad", "logsnr_from_sigma", "make_guide", "rescaled_cfg",
-    "scale_from_w", "sigma_from_logsnr", "uses_null_label", "w_from_scale", "weight_at",
+    "guided_fraction", "implicit_classifier_grad", "logsnr_from_sigma", "make_guide", "pag", "rescaled_cfg",
+    "scale_from_w", "sigma_from_logsnr", "skip_layer", "uses_null_label", "w_from_scale", "weight_at",
 ]

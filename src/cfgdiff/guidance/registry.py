@@ -21,6 +21,7 @@ from cfgdiff.guidance.cfg import cfg
 from cfgdiff.guidance.cfg_zero import RECOMMENDED_ZERO_INIT_STEPS, cfg_zero_star
 from cfgdiff.guidance.cfgpp import cfgpp
 from cfgdiff.guidance.classifier import LogProbFn, classifier_guidance
+from cfgdiff.guidance.perturbed import RECOMMENDED_PAG_SCALE, RECOMMENDED_SLG_SCALE, pag, skip_layer
 from cfgdiff.guidance.rescale import RECOMMENDED_PHI, rescaled_cfg
 from cfgdiff.guidance.thresholding import RECOMMENDED_PERCENTILE, dynamic_thresholding
 
@@ -39,6 +40,7 @@ class GuidanceMethod:
     classifiers: tuple[str, ...] = ()  # parameters that are classifiers (log_prob_fns), counted as classifier passes
     requires: tuple[str, ...] = ()  # parameters without a default (a guide network, a classifier)
     null_label: bool = True  # evaluates the null label ∅ (needs a model trained with label dropout)
+    perturbation: str | None = None  # a kind of ``core.perturbation``: needs a network with the per-row switch
     cost: str = "one call of 2B rows per guided step; one call of B rows where unguided"
     w_range: str = "any finite w; w = 0 is the conditional model"
 
@@ -99,6 +101,18 @@ GUIDANCE_METHODS: dict[str, GuidanceMethod] = {m.name: m for m in (
         "classifier", _classifier, "Classifier guidance (Dhariwal & Nichol 2021)", "ε̃ = ε_c - w σ ∇_z log p_φ(c|z)",
         requires=("log_prob_fn",), classifiers=("log_prob_fn",), null_label=False,
         cost="one call of B rows per step plus one classifier forward and backward pass where guided"),
+    GuidanceMethod(
+        "pag", pag, "Perturbed-attention guidance (Ahn et al. 2024)",
+        "ε̃ = ε_c + w (ε_c - ε_u) + s (ε_c - ε_p), ε_p: softmax(QKᵀ/√d) -> I in the chosen layers",
+        recommended={"scale": RECOMMENDED_PAG_SCALE}, neutral={"scale": 0.0}, perturbation="attention-identity",
+        cost="one call of 3B rows per guided step (conditional, null, perturbed); 2B rows at w = 0 (no null rows)",
+        w_range="any finite w (the CFG term; w = 0 is PAG alone); the scale s >= 0"),
+    GuidanceMethod(
+        "skip-layer", skip_layer, "Skip-layer guidance (SD3.5; Hyung et al. 2024)",
+        "ε̃ = ε_c + w (ε_c - ε_u) + s (ε_c - ε_p), ε_p: the chosen blocks return their input",
+        recommended={"scale": RECOMMENDED_SLG_SCALE}, neutral={"scale": 0.0}, perturbation="skip",
+        cost="one call of 3B rows per guided step (conditional, null, perturbed); 2B rows at w = 0 (no null rows)",
+        w_range="any finite w (the CFG term; w = 0 is SLG alone); the scale s >= 0"),
 )}
 
 

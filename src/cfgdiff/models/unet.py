@@ -11,6 +11,12 @@ The conditioning vector e = MLP(fourier(λ)) + E[c] (see `embeddings.py`) enters
 an adaptive GroupNorm: h <- GroupNorm(h) * (1 + s(e)) + b(e). GroupNorm normalises each batch row alone,
 so output row i depends only on input row i.
 
+Perturbation (``cfgdiff.core.perturbation``, for PAG and skip-layer guidance): the blocks are named ``down.i``,
+``mid.i``, ``up.i`` (their index in ``down`` / ``mid`` / ``up``). Rows switched on for ``attention-identity`` go
+through the named blocks' self-attention with the map replaced by the identity (output = V); rows switched on for
+``skip`` skip the named blocks (output = input; only blocks whose input and output shapes agree). The default is
+the middle block ``mid.0``, the bottleneck's self-attention (PAG's choice of the mid-block for Stable Diffusion).
+
 ``w_embedding=True`` builds a guidance-distilled student (``cfgdiff.distillation``): the same network plus a
 zero-initialised embedding of the guidance weight w added to e, called as ``model(z, logsnr, labels, w)``.
 """
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cfgdiff.core.perturbation import ActivePerturbation, active_perturbation, merge_rows, split_rows
 from cfgdiff.models.embeddings import ConditioningEmbedding, broadcast_conditioning, broadcast_weight
 
 __all__ = ["AttentionBlock", "ResBlock", "UNet"]
@@ -67,13 +74,18 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, C, H, W]."""
+    def forward(self, x: torch.Tensor, identity_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C, H, W]; rows where ``identity_rows`` [B] is True take softmax(QKᵀ/√d) = I, so
+        their attention output is V (perturbed-attention guidance, Ahn et al. 2024)."""
         b, c, height, width = x.shape
         qkv = self.qkv(self.norm(x))  # [B, 3C, H, W]
         qkv = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, height * width)  # [B, 3, h, d, HW]
         q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # 3 x [B, h, HW, d]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, HW, d]
+        if identity_rows is None:
+            out = F.scaled_dot_product_attention(q, k, v)  # [B, h, HW, d]
+        else:
+            keep, switched = split_rows(identity_rows)
+            out = merge_rows(F.scaled_dot_product_attention(q[keep], k[keep], v[keep]), v[switched], identity_rows)
         out = out.transpose(-1, -2).reshape(b, c, height, width)  # [B, C, H, W]
         return x + self.proj(out)
 
@@ -87,11 +99,20 @@ class UNetBlock(nn.Module):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, groups, dropout)
         self.attn = AttentionBlock(out_ch, num_heads, groups) if attn else None
+        self.skippable = in_ch == out_ch  # the block can return its input (skip-layer guidance)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """[B, C_in, H, W], [B, D] -> [B, C_out, H, W]."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, *, identity_rows: torch.Tensor | None = None,
+                skip_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C_in, H, W], [B, D] -> [B, C_out, H, W]; rows in ``skip_rows`` return x (the block skipped), rows in
+        ``identity_rows`` take the identity attention map."""
+        if skip_rows is not None:
+            keep, _ = split_rows(skip_rows)
+            rows = None if identity_rows is None else identity_rows[keep]
+            return merge_rows(self.forward(x[keep], emb[keep], identity_rows=rows), x[skip_rows], skip_rows)
         h = self.res(x, emb)
-        return h if self.attn is None else self.attn(h)
+        if self.attn is None:
+            return h
+        return self.attn(h, identity_rows if identity_rows is not None and bool(identity_rows.any()) else None)
 
 
 class Downsample(nn.Module):
@@ -209,6 +230,34 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)  # eps = 0 at initialisation
         nn.init.zeros_(self.conv_out.bias)
 
+    def named_blocks(self) -> list[tuple[str, UNetBlock]]:
+        """(name, block) of every UNetBlock, in the order of the forward pass: ``down.i``, ``mid.i``, ``up.i``."""
+        return [(f"{part}.{i}", block) for part in ("down", "mid", "up")
+                for i, block in enumerate(getattr(self, part)) if isinstance(block, UNetBlock)]
+
+    def perturbable_layers(self, kind: str) -> tuple[str, ...]:
+        """The blocks that ``kind`` can perturb: those with self-attention (``attention-identity``), those whose
+        input and output shapes agree (``skip``)."""
+        if kind == "attention-identity":
+            return tuple(name for name, block in self.named_blocks() if block.attn is not None)
+        if kind == "skip":
+            return tuple(name for name, block in self.named_blocks() if block.skippable)
+        return ()
+
+    def default_perturbed_layers(self, kind: str) -> tuple[str, ...]:
+        """``mid.0``, the bottleneck block (with its self-attention), where it can be perturbed; else the middle one
+        of the available layers. Not yet chosen by a measurement (docs/guidance.md)."""
+        available = self.perturbable_layers(kind)
+        if not available:
+            return ()
+        return ("mid.0",) if "mid.0" in available else (available[len(available) // 2],)
+
+    def _block_rows(self, active: ActivePerturbation | None, name: str) -> dict[str, torch.Tensor | None]:
+        if active is None:
+            return {}
+        return {"identity_rows": active.rows_for(name, "attention-identity"),
+                "skip_rows": active.rows_for(name, "skip")}
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor kwargs plus "arch"; `build_model(config)` rebuilds this network."""
         return {
@@ -236,17 +285,18 @@ class UNet(nn.Module):
         logsnr, labels = broadcast_conditioning(logsnr, labels, z.shape[0])
         w = broadcast_weight(w, z.shape[0], z.device)
         emb = F.silu(self.cond(logsnr, labels, w))  # [B, D], SiLU(e) once; each block projects it
+        active = active_perturbation(z.shape[0])  # the per-row switch of PAG / skip-layer guidance, or None
         h = self.conv_in(z.to(self.conv_in.weight.dtype))  # [B, C0, H, W]
         skips = [h]
-        for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, UNetBlock) else layer(h)
+        for i, layer in enumerate(self.down):
+            h = layer(h, emb, **self._block_rows(active, f"down.{i}")) if isinstance(layer, UNetBlock) else layer(h)
             skips.append(h)
-        for block in self.mid:
-            h = block(h, emb)  # [B, C_last, H_low, W_low]
-        for layer in self.up:
+        for i, block in enumerate(self.mid):
+            h = block(h, emb, **self._block_rows(active, f"mid.{i}"))  # [B, C_last, H_low, W_low]
+        for i, layer in enumerate(self.up):
             if isinstance(layer, Upsample):
                 h = layer(h, skips[-1].shape[-2:])
             else:
-                h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb, **self._block_rows(active, f"up.{i}"))
         eps = self.conv_out(F.silu(self.norm_out(h)))  # [B, C, H, W]
         return eps.to(z.dtype)
