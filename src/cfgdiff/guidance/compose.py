@@ -105,3 +105,42 @@ def compose(eps_fn: EpsFn, w: GuidanceWeight, *, terms: Terms) -> ComposedGuidan
     """Composed (and negative) conditions, ε̃ = ε_u + (1 + w) Σ_i w_i (ε(z, c_i) - ε_u), for the ``terms``
     ((c_i, w_i), ...) (Liu et al. 2022); returns an eps_fn that ignores the labels' values."""
     return ComposedGuidance(eps_fn, w, terms=terms)
+
+
+def parse_terms(text: str, class_names: Sequence[str] = (), *, num_classes: int | None = None) -> tuple[
+        tuple[int, float], ...]:
+    """``"3:+2,8:-1"`` -> ((3, 2.0), (8, -1.0)): comma-separated CLASS:WEIGHT, CLASS an index or one of
+    ``class_names`` (case-insensitive), WEIGHT a signed number. ValueError (one line) naming the bad part."""
+    aliases = {str(name).strip().lower(): i for i, name in reversed(list(enumerate(class_names)))}
+    count = num_classes if num_classes is not None else len(class_names)
+    terms = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            raise ValueError(f"compose takes CLASS:WEIGHT terms, comma-separated (e.g. 3:+2,8:-1), got {text!r}")
+        name, sep, weight_text = part.rpartition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"compose takes CLASS:WEIGHT terms, e.g. 3:+2,8:-1; got {part!r}")
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise ValueError(f"compose: the weight of {part!r} must be a signed number, got {weight_text!r}") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"compose: the weight of {part!r} must be finite, got {weight_text!r}")
+        try:
+            c = int(name)
+        except ValueError:
+            if name.lower() not in aliases:
+                shown = ", ".join(repr(str(n)) for n in list(class_names)[:4])
+                raise ValueError(f"compose: no class named {name!r} in this model (class names: {shown}"
+                                 f"{', ...' if len(class_names) > 4 else ''})") from None
+            c = aliases[name.lower()]
+        if not 0 <= c < count:
+            raise ValueError(f"compose: class {c} outside [0, {count}) for this model")
+        terms.append((c, weight))
+    return tuple(terms)
+
+
+def describe_terms(terms: Terms) -> str:
+    """((3, 2.0), (8, -1.0)) -> "3:+2,8:-1" (what ``parse_terms`` reads back)."""
+    return ",".join(f"{c}:{w:+g}" for c, w in terms)
