@@ -65,8 +65,8 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
                         "dynamic thresholding; apg: Sadat et al. 2024; cfgpp: CFG++ (w in [-1, 0], its lambda = w+1); "
                         "cfg-zero: CFG-Zero*; compose: composed and negative classes (--compose); adaptive: "
                         "Castillo et al. 2023, eps(z,c) alone once it agrees with the guided eps; linear-ag: eps(z) "
-                        "estimated from earlier steps on the late ones; auto: autoguidance by a weaker run (--guide-run); classifier: "
-                        "eps(z,c) - w sigma grad log p_phi(c|z) (--classifier)")
+                        "estimated from earlier steps on the late ones; auto: autoguidance by a weaker run "
+                        "(--guide-run); classifier: eps(z,c) - w sigma grad log p_phi(c|z) (--classifier)")
     g.add_argument("--rescale-phi", type=unit_float("--rescale-phi"), default=None,
                    help="rescale: mix phi of the std-rescaled x̂ (0 = plain CFG; default 0.7)")
     g.add_argument("--threshold-percentile", default=None,

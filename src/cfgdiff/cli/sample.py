@@ -109,7 +109,8 @@ def _sample(args: argparse.Namespace, dist) -> int:
     names = source.class_names
     if is_image:
         grid = {w: x.reshape(len(classes), args.n_per_class, *source.image_shape).numpy() for w, x in samples.items()}
-        save_sample_grid(grid, out, class_names=[f"compose {args.compose}"] if composed else [names[c] for c in classes])
+        rows = [f"compose {args.compose}"] if composed else [names[c] for c in classes]
+        save_sample_grid(grid, out, class_names=rows)
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
                             {w: (x.numpy(), labels.numpy()) for w, x in samples.items()}, out)

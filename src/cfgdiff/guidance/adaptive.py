@@ -29,7 +29,8 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dims = row_dims(a)
     inner = (a * b).sum(dim=dims)
     norms = torch.linalg.vector_norm(a, dim=dims) * torch.linalg.vector_norm(b, dim=dims)
-    return (inner / norms.clamp_min(TINY)).clamp(-1.0, 1.0)
+    cosine: torch.Tensor = (inner / norms.clamp_min(TINY)).clamp(-1.0, 1.0)
+    return cosine
 
 
 def check_gamma(gamma: float) -> float:
