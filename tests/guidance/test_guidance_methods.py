@@ -65,7 +65,8 @@ def _weaker(gm):
 def _method_params(gm):
     """Each registered method at its recommended parameters, with what it needs on the mixture."""
     return {"cfg": {}, "rescale": {}, "thresholding": {"bound": 2.0}, "apg": {}, "cfgpp": {}, "cfg-zero": {},
-            "auto": {"guide": _weaker(gm)}, "classifier": {"log_prob_fn": gm.log_prob_fn}}
+            "auto": {"guide": _weaker(gm)}, "classifier": {"log_prob_fn": gm.log_prob_fn},
+            "compose": {"terms": [(0, 1.5), (2, -0.5)]}, "adaptive": {}, "linear-ag": {}}
 
 
 # -- neutral settings give plain CFG ----------------------------------------------------------------------
@@ -280,7 +281,8 @@ def _counted_methods(net):
     guide = CountingEpsFn(RowNet())
     params = {"cfg": {}, "rescale": {}, "thresholding": {"bound": 10.0}, "apg": {"beta": 0.0}, "cfgpp": {},
               "cfg-zero": {"zero_init_steps": 0}, "auto": {"guide": guide}, "classifier": {"log_prob_fn": _log_prob},
-              "pag": {}, "skip-layer": {}}
+              "pag": {}, "skip-layer": {}, "compose": {"terms": [(0, 1.5), (2, -0.5)]}, "adaptive": {"gamma": 1.0},
+              "linear-ag": {"full_fraction": 1.0}}  # adaptive and linear-ag at settings that compute every row
     return params, guide
 
 
@@ -306,6 +308,9 @@ def test_a_guided_step_is_one_call_and_an_unguided_one_is_b_rows(name):
         guide.reset()
         interval = guidance_interval(1.5, logsnr_lo=-1.0, logsnr_hi=1.0)
         make_guide(name, **params[name])(counted, interval)(z, torch.full((4,), 5.0), labels)  # outside
+    if name == "compose":  # two conditions and ∅, one call of 3B rows, guided or not (the composition as written)
+        assert guided == [12] and counted.batch_sizes == [12]
+        return
     assert counted.batch_sizes == [4] and guide.calls == 0  # unguided: the main network alone, B rows
     if name == "auto":
         assert guided == [4]  # and one call of B rows of the guide network
@@ -326,7 +331,8 @@ def test_nfe_over_a_run_is_one_call_per_step(name):
     SAMPLERS["ddim"](make_guide(name, **params[name])(counted, 2.0), (3, 2), labels, steps=7,
                      generator=torch.Generator().manual_seed(0))
     assert counted.calls == 7
-    per_step = 3 if name in ("auto", "classifier") else 9 if GUIDANCE_METHODS[name].perturbation else 6
+    three_rows = name == "compose" or GUIDANCE_METHODS[name].perturbation  # compose here: two classes and the null
+    per_step = 3 if name in ("auto", "classifier") else 9 if three_rows else 6
     assert counted.rows == 7 * per_step
     assert guide.rows == (7 * 3 if name == "auto" else 0)
 

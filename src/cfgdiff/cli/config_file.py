@@ -149,7 +149,7 @@ def _toml_type(value: Any) -> str:
 # argparse types (by qualified name) that read a comma-separated list, e.g. --w 0,1,3: a TOML array goes to them
 # joined by commas; any other option takes one value
 LIST_TYPES = frozenset({"float_list", "int_list", "level_list.<locals>.parse", "class_list", "_labels", "_w_range",
-                        "_int_pair"})
+                        "_int_pair", "_layer_list.<locals>.parse"})
 
 
 def _is_list_type(action: argparse.Action) -> bool:

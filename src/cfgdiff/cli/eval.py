@@ -157,6 +157,9 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     if args.n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
     check_scoring_options(args)
+    if args.compose is not None or args.guidance == "compose":  # before any work
+        raise UsageError("eval scores class-balanced samples against each class's real images; composed "
+                         "conditions have no such reference: draw them with cfgdiff sample --compose")
     interval_of(args)  # check --interval before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
     source.check_guidance(args.w, args.guidance)

@@ -19,6 +19,7 @@ from typing import Any
 
 from cfgdiff.cli.arguments import UsageError, checked, nonnegative_float, nonnegative_int, unit_float
 from cfgdiff.guidance import GUIDANCE_METHODS, GuideFn, make_guide
+from cfgdiff.guidance.compose import describe_terms, parse_terms
 
 # flag -> (method, its parameter in the method's builder; None: a run directory loaded here)
 METHOD_FLAGS: dict[str, tuple[str, str | None]] = {
@@ -32,6 +33,8 @@ METHOD_FLAGS: dict[str, tuple[str, str | None]] = {
     "--pag-layers": ("pag", "layers"),
     "--slg-scale": ("skip-layer", "scale"),
     "--skip-layers": ("skip-layer", "layers"),
+    "--adaptive-gamma": ("adaptive", "gamma"),
+    "--linear-ag-full": ("linear-ag", "full_fraction"),
     "--guide-run": ("auto", None),
     "--classifier": ("classifier", None),
 }
@@ -85,10 +88,12 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance", type=_method, default="cfg", metavar="|".join(GUIDANCE_METHODS),
                    help="cfg: (1+w) eps(z,c) - w eps(z) (default); rescale: Lin et al. 2023; thresholding: Imagen's "
                         "dynamic thresholding; apg: Sadat et al. 2024; cfgpp: CFG++ (w in [-1, 0], its lambda = w+1); "
-                        "cfg-zero: CFG-Zero*; auto: autoguidance by a weaker run (--guide-run); classifier: "
-                        "eps(z,c) - w sigma grad log p_phi(c|z) (--classifier); pag: CFG + s (eps_c - eps with "
-                        "identity attention) (--pag-scale, --pag-layers); skip-layer: CFG + s (eps_c - eps with "
-                        "blocks skipped) (--slg-scale, --skip-layers)")
+                        "cfg-zero: CFG-Zero*; compose: composed and negative classes (--compose); adaptive: "
+                        "Castillo et al. 2023, eps(z,c) alone once it agrees with the guided eps; linear-ag: eps(z) "
+                        "estimated from earlier steps on the late ones; auto: autoguidance by a weaker run "
+                        "(--guide-run); classifier: eps(z,c) - w sigma grad log p_phi(c|z) (--classifier); pag: CFG "
+                        "+ s (eps_c - eps with identity attention) (--pag-scale, --pag-layers); skip-layer: CFG + s "
+                        "(eps_c - eps with blocks skipped) (--slg-scale, --skip-layers)")
     g.add_argument("--rescale-phi", type=unit_float("--rescale-phi"), default=None,
                    help="rescale: mix phi of the std-rescaled x̂ (0 = plain CFG; default 0.7)")
     g.add_argument("--threshold-percentile", default=None,
@@ -114,6 +119,19 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-layers", type=_layer_list("--skip-layers"), default=None, metavar="L1,L2",
                    help="skip-layer: blocks the perturbed rows skip (cfgdiff info RUN lists them; default: the "
                         "middle block, not yet chosen by a measurement)")
+    g.add_argument("--adaptive-gamma", default=None,
+                   type=checked("--adaptive-gamma", float, lambda v: 0 < v <= 1, "lie in (0, 1]"),
+                   help="adaptive: switch a sample to eps(z,c) alone once cos(eps(z,c), guided eps) > gamma "
+                        "(1 = never, plain CFG; default 0.99)")
+    g.add_argument("--linear-ag-full", default=None,
+                   type=checked("--linear-ag-full", float, lambda v: 0 < v <= 1, "lie in (0, 1]"),
+                   help="linear-ag: share f of the steps computed in full before eps(z) is estimated as eps(z,c) "
+                        "minus the last computed difference (1 = every step, plain CFG; default 0.5)")
+    g.add_argument("--compose", default=None, metavar="CLASS:WEIGHT,...",
+                   help="compose: eps(z) + (1+w) sum_i w_i (eps(z,c_i) - eps(z)) for every sample, e.g. "
+                        "--compose 3:+2,8:-1 (CLASS an index or a class name; a negative weight steers away); "
+                        "implies --guidance compose, and w scales "
+                        "the weights by 1+w (w = 0: as written)")
     g.add_argument("--guide-run", type=Path, default=None, metavar="DIR",
                    help="auto: the weaker guide model, a run of the same data and classes (a smaller network or an "
                         "earlier checkpoint)")
@@ -169,6 +187,11 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
                        device: str = "cpu", ema: bool = True) -> GuidanceChoice:
     """The guidance ``args`` ask for, checked against ``model`` at every weight in ``ws`` (one-line UsageErrors)."""
     method = args.guidance
+    compose_text = getattr(args, "compose", None)
+    if compose_text is not None:
+        if method not in ("cfg", "compose"):
+            raise UsageError(f"--compose is its own guidance (compose), not --guidance {method}")
+        method = args.guidance = "compose"
     spec = GUIDANCE_METHODS[method]
     argv = ["--guidance", method]
     for flag, (owner, _) in METHOD_FLAGS.items():
@@ -180,6 +203,16 @@ def guidance_from_args(args: argparse.Namespace, model: Any, *, ws: Sequence[flo
     for name, value in params.items():
         argv += [flags[name], _flag_text(value)]
     lines: list[str] = []
+    if method == "compose":
+        if compose_text is None:
+            raise UsageError("--guidance compose needs --compose CLASS:WEIGHT,... (e.g. --compose 3:+2,8:-1)")
+        try:
+            params["terms"] = parse_terms(compose_text, tuple(getattr(model, "class_names", ()) or ()),
+                                          num_classes=int(model.num_classes))
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
+        argv = [f"--compose={describe_terms(params['terms'])}"]
+        lines.append(f"- composed conditions: {describe_terms(params['terms'])} (class:weight)")
     if method == "thresholding":
         if x_bound is None:
             raise UsageError("--guidance thresholding needs a data range; this model has none (latents)")

@@ -74,7 +74,10 @@ def _sample(args: argparse.Namespace, dist) -> int:
     from cfgdiff.evaluation.plotting import save_sample_grid, toy_guidance_figure
     from cfgdiff.sampling.sharded import sum_over_ranks
 
-    ws = resolve_weights(args, [0.0, 1.0, 3.0])
+    composed = args.compose is not None or args.guidance == "compose"
+    ws = resolve_weights(args, [0.0] if composed else [0.0, 1.0, 3.0])  # compose: w = 0 is the weights as written
+    if composed and args.classes is not None:
+        raise UsageError("--classes does not go with --compose: every sample gets the composed conditions")
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
     source.check_guidance(ws, getattr(args, "guidance", "cfg"))
     student = distilled_student(args, source, ws)  # a distilled run: student.at(w), 1 row per step; else None
@@ -88,6 +91,10 @@ def _sample(args: argparse.Namespace, dist) -> int:
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must be a .png path, got {out}")
     is_image = len(source.image_shape) == 3
+    if composed:  # one panel row of --n-per-class samples per w; the rows' labels are not read (the null label)
+        if not is_image:
+            raise UsageError("--compose draws image panels; for 2-D data use the Python API (cfgdiff.guidance.compose)")
+        classes = [source.num_classes]
     n_total = len(classes) * args.n_per_class
     _check_sizes(args, ws, n_total, source, is_image)  # before anything of that size is allocated
     if dist.is_main:
@@ -119,7 +126,8 @@ def _sample(args: argparse.Namespace, dist) -> int:
     names = source.class_names
     if is_image:
         grid = {w: kept[i].reshape(len(classes), args.n_per_class, *source.image_shape) for i, w in enumerate(ws)}
-        save_sample_grid(grid, out, class_names=[names[c] for c in classes])
+        rows = [f"compose {args.compose}"] if composed else [names[c] for c in classes]
+        save_sample_grid(grid, out, class_names=rows)
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
                             {w: (kept[i], labels.numpy()) for i, w in enumerate(ws)}, out)

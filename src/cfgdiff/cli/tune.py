@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"tune: {err}") from None
     check_scoring_options(args)
     interval_of(args)  # check --interval before any work
+    if args.compose is not None or args.guidance == "compose":
+        raise UsageError("tune scores class-balanced samples against each class's real images; composed conditions "
+                         "have no such reference: draw them with cfgdiff sample --compose")
     if args.interval is not None and args.tune_interval:
         raise UsageError("--interval fixes the guidance interval and --tune-interval searches it: give one")
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)

@@ -9,6 +9,9 @@ One file per method; ``GUIDANCE_METHODS`` (registry.py) names them for the comma
 * ``cfgpp``: CFG++ (Chung et al. 2024), re-noising with ε_u through ``eps_pair``             cfgpp.py
 * ``cfg-zero``: CFG-Zero* (Fan et al. 2025), s* and zero-init of the first K steps           cfg_zero.py
 * ``auto``: autoguidance with a weaker model (Karras et al. 2024)                            autoguidance.py
+* ``compose``: composed and negative conditions (Liu et al. 2022), fixed (c_i, w_i)          compose.py
+* ``adaptive``: adaptive guidance (Castillo et al. 2023), ε_c alone once cos(ε_c, ε̃) > γ      adaptive.py
+* ``linear-ag``: ε_u estimated from past steps (LinearAG, Castillo et al. 2023), f           linear_ag.py
 * ``classifier``: classifier guidance (Dhariwal & Nichol 2021) and the implicit classifier   classifier.py
 * ``pag`` / ``skip-layer``: the same network perturbed per row, in the same call          perturbed.py
 * weight schedules w(λ) and the guidance interval (Kynkäänniemi et al. 2024)                 schedules.py
@@ -17,6 +20,7 @@ One file per method; ``GUIDANCE_METHODS`` (registry.py) names them for the comma
 w is the paper's weight throughout (w = 0: the conditional model; s = w + 1 is diffusers' ``guidance_scale``).
 """
 
+from cfgdiff.guidance.adaptive import AdaptiveGuidance, adaptive
 from cfgdiff.guidance.apg import AdaptiveProjectedGuidance, apg
 from cfgdiff.guidance.autoguidance import Autoguidance, autoguidance
 from cfgdiff.guidance.base import (
@@ -46,6 +50,8 @@ from cfgdiff.guidance.classifier import (
     classifier_guidance,
     implicit_classifier_grad,
 )
+from cfgdiff.guidance.compose import ComposedGuidance, compose
+from cfgdiff.guidance.linear_ag import LinearAG, linear_ag
 from cfgdiff.guidance.perturbed import PerturbedGuidance, pag, skip_layer
 from cfgdiff.guidance.registry import GUIDANCE_METHODS, GuidanceMethod, guidance_method, make_guide, uses_null_label
 from cfgdiff.guidance.rescale import RescaledCFG, rescaled_cfg
@@ -60,7 +66,8 @@ from cfgdiff.guidance.schedules import (
 from cfgdiff.guidance.thresholding import DynamicThresholding, dynamic_thresholding
 
 __all__ = [
-    "GUIDANCE_METHODS", "AdaptiveProjectedGuidance", "Autoguidance", "CFGPlusPlus", "CFGZeroStar",
+    "GUIDANCE_METHODS", "AdaptiveGuidance", "AdaptiveProjectedGuidance", "ComposedGuidance", "LinearAG",
+    "adaptive", "compose", "linear_ag", "Autoguidance", "CFGPlusPlus", "CFGZeroStar",
     "ClassifierFreeGuidance", "ClassifierGuidance", "DynamicThresholding", "EpsPair", "GuidanceInterval",
     "GuidanceMethod", "GuidanceWeight", "GuidedEpsFn", "GuideFn", "HostLogsnrEpsFn", "HostLogsnrPairedEpsFn",
     "LogProbFn", "PairedEpsFn", "PerturbedGuidance", "RescaledCFG",

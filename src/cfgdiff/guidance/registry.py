@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cfgdiff.core.contract import EpsFn
+from cfgdiff.guidance.adaptive import RECOMMENDED_GAMMA, adaptive
 from cfgdiff.guidance.apg import RECOMMENDED_BETA, RECOMMENDED_ETA, RECOMMENDED_R, apg
 from cfgdiff.guidance.autoguidance import autoguidance
 from cfgdiff.guidance.base import GuidanceWeight, GuideFn
@@ -21,6 +22,8 @@ from cfgdiff.guidance.cfg import cfg
 from cfgdiff.guidance.cfg_zero import RECOMMENDED_ZERO_INIT_STEPS, cfg_zero_star
 from cfgdiff.guidance.cfgpp import cfgpp
 from cfgdiff.guidance.classifier import LogProbFn, classifier_guidance
+from cfgdiff.guidance.compose import compose
+from cfgdiff.guidance.linear_ag import RECOMMENDED_FULL_FRACTION, linear_ag
 from cfgdiff.guidance.perturbed import RECOMMENDED_PAG_SCALE, RECOMMENDED_SLG_SCALE, pag, skip_layer
 from cfgdiff.guidance.rescale import RECOMMENDED_PHI, rescaled_cfg
 from cfgdiff.guidance.thresholding import RECOMMENDED_PERCENTILE, dynamic_thresholding
@@ -113,6 +116,23 @@ GUIDANCE_METHODS: dict[str, GuidanceMethod] = {m.name: m for m in (
         recommended={"scale": RECOMMENDED_SLG_SCALE}, neutral={"scale": 0.0}, perturbation="skip",
         cost="one call of 3B rows per guided step (conditional, null, perturbed); 2B rows at w = 0 (no null rows)",
         w_range="any finite w (the CFG term; w = 0 is SLG alone); the scale s >= 0"),
+    GuidanceMethod(
+        "compose", compose, "Composed and negative conditions (Liu et al. 2022)",
+        "ε̃ = ε_u + (1 + w) Σ_i w_i (ε(z, c_i) - ε_u), the conditions c_i and weights w_i fixed for every sample",
+        requires=("terms",),
+        cost="one call of (k + 1) B rows per step (k conditions and ∅), also outside a guidance interval",
+        w_range="any finite w, the scale 1 + w of every w_i; w = 0 is the composition as written, w = -1 the "
+                "unconditional model"),
+    GuidanceMethod(
+        "adaptive", adaptive, "Adaptive guidance (Castillo et al. 2023)",
+        "ε̃ = ε_c + w (ε_c - ε_u) until cos(ε_c, ε̃) > γ, then ε_c alone for the rest of that sample",
+        recommended={"gamma": RECOMMENDED_GAMMA}, neutral={"gamma": 1.0},
+        cost="one call of B + B_u rows per guided step, B_u the samples not yet switched; B rows where unguided"),
+    GuidanceMethod(
+        "linear-ag", linear_ag, "LinearAG (after Castillo et al. 2023)",
+        "ε̃ = ε_c + w (ε_c - ε̂_u), ε̂_u = ε_c - (ε_c,s - ε_u,s) after the first ⌈f S⌉ steps (s: the last full step)",
+        recommended={"full_fraction": RECOMMENDED_FULL_FRACTION}, neutral={"full_fraction": 1.0},
+        cost="one call of 2B rows on each of the first ⌈f S⌉ steps, then B rows per step"),
 )}
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from cfgdiff.core.contract import EpsFn
-from cfgdiff.guidance import GuidanceWeight, uses_null_label
+from cfgdiff.guidance import GuidanceWeight, compose, uses_null_label
+from cfgdiff.guidance.compose import describe_terms, parse_terms
 from cfgdiff.sampling.pipeline import GuidedRun
 from cfgdiff.sampling.solvers import SAMPLERS
 from cfgdiff.serve.images import data_uri, grid_png, scatter_png
@@ -36,7 +37,7 @@ MAX_SEED = 2**63 - 1  # seeds lie in [0, MAX_SEED] (cfgdiff.sampling.generate.sa
 W_RANGE = (-10.0, 50.0)  # the w a request may ask for: past -1 anti-guidance, far beyond any useful strength
 PARAM_PREFIX = "p."  # method parameters travel as p.NAME=value
 DEFAULT_INTERVAL = (0.28, 5.42)  # Kynkäänniemi et al. 2024's EDM2-XXL interval in σ, the page's starting values
-QUERY_KEYS = ("classes", "n", "sampler", "steps", "w", "method", "interval", "seed", "v_interp")
+QUERY_KEYS = ("classes", "n", "sampler", "steps", "w", "method", "interval", "seed", "v_interp", "compose")
 
 
 class RequestError(ValueError):
@@ -74,6 +75,7 @@ class GridRequest:
     interval: tuple[float, float] | None = None  # (σ_lo, σ_hi]: guide only there
     seed: int = 0
     v_interp: float = 0.3  # the paper's v (ancestral sampler only)
+    compose: tuple[tuple[int, float], ...] = ()  # composed conditions (c_i, w_i): one row of n samples, no classes
 
 
 @dataclass
@@ -98,6 +100,7 @@ class GridResult:
             "class_names": [class_names[c] for c in r.classes], "n": r.n, "samples": len(self.labels),
             "sampler": r.sampler, "steps": r.steps, "method": r.method, "params": dict(r.params),
             "interval": list(r.interval) if r.interval else None, "seed": r.seed, "v_interp": r.v_interp,
+            "compose": describe_terms(r.compose) if r.compose else None,
             "nfe_per_sample": self.nfe_per_sample, "network_calls": self.network_calls,
             "seconds": self.seconds, "seconds_encode": self.seconds_encode, "seconds_wait": self.seconds_wait,
         })
@@ -234,16 +237,28 @@ class Explorer:
                                        + (f"; it takes {', '.join(p.name for p in method.params)}"
                                           if method.params else ""))
                 raise RequestError(f"unknown parameter {key!r}; known: {', '.join(QUERY_KEYS)}")
-        text = query.get("classes", "")
+        compose_text = query.get("compose", "").strip()
+        terms: tuple[tuple[int, float], ...] = ()
+        if compose_text:  # composed conditions: every sample gets them, one row of n samples, classes unused
+            if method_name != "cfg":
+                raise RequestError(f"compose is its own guidance method, not {method_name}")
+            if not self.has_null_label:
+                raise RequestError("this model has no null (unconditional) class, so it cannot compose conditions")
+            try:
+                terms = parse_terms(compose_text, self.class_names, num_classes=self.num_classes)
+            except ValueError as err:
+                raise RequestError(str(err)) from None
+            method_name = "compose"
+        text = "" if terms else query.get("classes", "")
         tokens = [t for t in text.split(",") if t.strip()] if text.strip() else []
         if "classes" in query and not tokens:
             raise RequestError("classes: pick at least one class")
-        classes = [self._class(t) for t in tokens] if tokens else list(self.default_classes)
+        classes = [self._class(t) for t in tokens] if tokens else ([] if terms else list(self.default_classes))
         duplicate = next((c for i, c in enumerate(classes) if c in classes[:i]), None)
         if duplicate is not None:
             raise RequestError(f"class {duplicate} is given twice")
         n = _int("n (samples per class)", query.get("n", str(self.default_n)), 1, self.limits.max_samples)
-        if len(classes) * n > self.limits.max_samples:
+        if max(1, len(classes)) * n > self.limits.max_samples:
             raise RequestError(f"{len(classes)} classes x {n} samples = {len(classes) * n} samples; this server "
                                f"draws at most {self.limits.max_samples} per request")
         sampler = query.get("sampler", self.default_sampler)
@@ -279,8 +294,13 @@ class Explorer:
                     params.append((param.name, param.parse(query[key])))
                 except ValueError as err:
                     raise RequestError(f"{method_name}: {err}") from None
+        if not terms:
+            try:  # builds the wrapper, calls no network: a value the method refuses (γ > 1, r <= 0) is one line here
+                method.build(self.eps_fn, w, dict(params), x_bound=self.x_bound)
+            except ValueError as err:
+                raise RequestError(f"{method_name}: {err}") from None
         return GridRequest(tuple(classes), n, sampler, steps, w, method_name, tuple(params), interval, seed,
-                           v_interp)
+                           v_interp, terms)
 
     # -- drawing -----------------------------------------------------------------------------------------
 
@@ -292,11 +312,17 @@ class Explorer:
         try:
             seconds_wait = time.perf_counter() - t_wait
             labels = torch.tensor(request.classes, dtype=torch.long).repeat_interleave(request.n)
-            method = self.methods[request.method]
             params = dict(request.params)
+            if request.compose:  # the rows' labels are not read: the null label
+                labels = torch.full((request.n,), self.num_classes, dtype=torch.long)
 
-            def guide(network: EpsFn, weight: GuidanceWeight) -> EpsFn:
-                return method.build(network, weight, params, x_bound=self.x_bound)
+                def guide(network: EpsFn, weight: GuidanceWeight) -> EpsFn:
+                    return compose(network, weight, terms=request.compose)
+            else:
+                method = self.methods[request.method]
+
+                def guide(network: EpsFn, weight: GuidanceWeight) -> EpsFn:
+                    return method.build(network, weight, params, x_bound=self.x_bound)
 
             kwargs: dict[str, Any] = {"clip_x": self.x_bound if self.x_bound is not None else False}
             if request.sampler == "ancestral":
@@ -318,7 +344,7 @@ class Explorer:
         x_np = x.numpy()
         bound = self.x_bound if self.x_bound is not None else 1.0
         if self.is_image:
-            png = grid_png(x_np, len(request.classes), bound)
+            png = grid_png(x_np, max(1, len(request.classes)), bound)
         else:
             png = scatter_png(x_np, labels.numpy(), extent=bound * 1.05)
         seconds_encode = time.perf_counter() - t1
@@ -336,4 +362,8 @@ def request_as_query(request: GridRequest) -> dict[str, str]:
         query["interval"] = ",".join(repr(v) for v in request.interval)
     for name, value in request.params:
         query[f"{PARAM_PREFIX}{name}"] = repr(value)
+    if request.compose:
+        query["compose"] = describe_terms(request.compose)
+        query["method"] = "cfg"
+        del query["classes"]
     return query

@@ -3,9 +3,11 @@ and, if asked, the sampler's steps, each a ``Range``.
 
 Defaults (each overridable, ``--search NAME=LOW:HIGH``): w in [0, 4] (CFG++: [-1, 0], its λ = w + 1 in [0, 1]);
 rescale φ in [0, 1]; thresholding's percentile in [90, 100]; APG's η in [0, 1], r in [0.5, 20] (log) and β in
-[-0.9, 0]; CFG-Zero*'s zero-init steps in {0, ..., 3}. The interval (``tune_interval``) searches σ_lo in
-[0.02, 2] and σ_hi in [2, 80] (both log; disjoint, so σ_lo < σ_hi always holds). A parameter fixed by the caller
-(a flag such as ``--apg-r 2.5``) is not searched.
+[-0.9, 0]; CFG-Zero*'s zero-init steps in {0, ..., 3}; adaptive guidance's γ in [0.995, 1]; linear-ag's share of
+full steps f in [0.2, 1]; PAG's and skip-layer guidance's scale s in [0, 6] (their layers are given, not
+searched). Composed conditions are not tuned (their classes are the question, not a parameter).
+The interval (``tune_interval``) searches σ_lo in [0.02, 2] and σ_hi in [2, 80] (both log; disjoint, so
+σ_lo < σ_hi always holds). A parameter fixed by the caller (a flag such as ``--apg-r 2.5``) is not searched.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ METHOD_RANGES: dict[str, tuple[Range, ...]] = {
     "thresholding": (Range("percentile", 90.0, 100.0),),
     "apg": (Range("eta", 0.0, 1.0), Range("r", 0.5, 20.0, log=True), Range("beta", -0.9, 0.0)),
     "cfg-zero": (Range("zero_init_steps", 0, 3, integer=True),),
+    "adaptive": (Range("gamma", 0.995, 1.0),),  # cos(ε_c, ε̃) is within 1e-3 of 1 on digits from the first step
+    "linear-ag": (Range("full_fraction", 0.2, 1.0),),
+    "pag": (Range("scale", 0.0, 6.0),),  # the layers are the caller's (--pag-layers), not searched
+    "skip-layer": (Range("scale", 0.0, 6.0),),
 }
 INTERVAL_RANGES = (Range("sigma_lo", 0.02, 2.0, log=True), Range("sigma_hi", 2.0, 80.0, log=True))
 

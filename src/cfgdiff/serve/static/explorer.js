@@ -32,10 +32,13 @@
     q.set("sampler", $("sampler").value);
     q.set("steps", $("steps").value);
     q.set("seed", $("seed").value);
-    q.set("method", $("method").value);
+    var composed = $("compose").value.trim();
+    q.set("method", composed ? "cfg" : $("method").value);
+    if (composed) { q.set("compose", composed); q.delete("classes"); }
     if ($("sampler").value === "ancestral") { q.set("v_interp", $("v-interp").value); }
     if ($("interval-on").checked) { q.set("interval", $("interval-lo").value + "," + $("interval-hi").value); }
     Array.prototype.forEach.call(document.querySelectorAll("#method-params input"), function (input) {
+      if (composed) { return; }
       q.set("p." + input.name, input.type === "checkbox" ? String(input.checked) : input.value);
     });
     return q.toString();
