@@ -166,7 +166,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
         return 2  # rank 0 stopped on bad input and says why
     spec, scorer, mixture = scoring if dist.is_main else (None, None, None)
     out = args.out if args.out is not None else (
-        source.home / "eval" / f"{'distilled' if student else args.guidance}-{args.sampler}-T{args.steps}")
+        source.home / "eval" / f"{_already_guided_name(student) or args.guidance}-{args.sampler}-T{args.steps}")
     if args.n < SMALL_N and dist.is_main:
         print(f"cfgdiff: warning: --n {args.n} is below {SMALL_N}: distances to real data (FID, SW) are biased "
               "upward at small N and their spread (± in the table) is larger than most differences between w; "
@@ -198,7 +198,8 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     title = f"{choice.title.split(' (')[0]} sweep, {data}"
     if student:  # already guided: one network row per step at any w, no guidance wrapper
         header.append(f"- {student.describe()}; one network row per step at every w")
-        title = f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}"
+        title = (f"Guidance-free trained model (GFT) sweep, {data}" if _already_guided_name(student) == "gft"
+                 else f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}")
     names = tuple(getattr(model, "class_names", ())) or None
     paths = write_sweep(result, out, title=title, class_names=names, header_lines=header, mixture=mixture)
     paths["config"] = write_resolved_config(args, out / RESOLVED_CONFIG_FILE, fill={"out": out})  # for --config
@@ -208,3 +209,10 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     print(f"wrote {', '.join(written)} and {len(result.grids)} per-w grids in {out / 'grids'} to {out} "
           f"({seconds:.0f} s)")
     return EXIT_OK
+
+
+def _already_guided_name(student) -> str | None:
+    """"gft" for a guidance-free trained model, "distilled" for a distilled student, None for neither."""
+    if student is None:
+        return None
+    return str(student.record().get("objective", "distilled"))

@@ -215,6 +215,10 @@ def _one_run(run_dir: Path, layout: Any, kind: str, trainer: str, checkpoint: Pa
     if kind == "diffusion":
         resolved = run_dir / "resolved_config.toml"
         record["resolved_config"] = str(resolved) if resolved.is_file() else None
+    if kind == "diffusion":
+        record["objective"] = meta.get("objective", "cfg")  # "gft": guidance-free trained, sampled at w in one row
+        if meta.get("guidance_free"):
+            record["guidance_free"] = meta["guidance_free"]
     if meta.get(DISTILLATION_KEY):
         record["kind"], record["trained_by"] = "distilled", "cfgdiff distill"
         record["distillation"] = meta[DISTILLATION_KEY]
@@ -268,6 +272,9 @@ def format_info(info: dict[str, Any]) -> str:
         arch = r["network"].get("arch") or _NETWORKS.get(r["kind"], "network")
         millions = f" ({r['parameters'] / 1e6:.2f}M)" if r["parameters"] >= 1e6 else ""
         out.append(f"  network: {arch}, {r['parameters']:,} parameters{millions}")
+        if r.get("guidance_free"):
+            out.append(f"  objective: gft (guidance-free training), w range {_value(r['guidance_free'].get('w_range'))}"
+                       "; sample/eval take --w in it at one network row per step")
         if r.get("distillation"):
             dist = r["distillation"]
             teacher = dist.get("teacher") or {}
