@@ -120,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.model is not None:
         raise UsageError("--model cannot change on --resume (the architecture is fixed by the run); start a new run "
                          "with --run-dir or --overwrite")
-    if not args.resume and args.gft_w_max is not None and args.objective != "gft":
+    from cfgdiff.training import TrainConfig
+
+    # a cfg run's resolved config carries the default w_max (its field, unused): only another value is refused
+    if not args.resume and args.objective != "gft" and args.gft_w_max not in (None, TrainConfig.gft_w_max):
         raise UsageError("--gft-w-max goes with --objective gft (a cfg run is guided at sampling time, at any w)")
     config = default_config(data, data_shape=data_shape, size=args.model, **overrides)
     config.data_spec = data_spec
