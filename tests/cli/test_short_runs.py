@@ -160,6 +160,11 @@ def test_a_second_trainer_of_a_locked_directory_exits_2_while_the_first_finishes
 def test_a_sigkilled_trainer_leaves_no_lock(capsys, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start_trainer(run_dir, steps=100_000)
+    deadline = time.monotonic() + 60
+    while not (run_dir / CHECKPOINT_FILE).exists():  # killed mid-run, not before its first checkpoint
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the trainer never wrote a checkpoint"
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL

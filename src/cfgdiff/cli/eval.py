@@ -180,7 +180,7 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
         return 2  # rank 0 stopped on bad input and says why
     spec, scorer, mixture = scoring if dist.is_main else (None, None, None)
     out = args.out if args.out is not None else (
-        source.home / "eval" / f"{'distilled' if student else args.guidance}-{args.sampler}-T{args.steps}")
+        source.home / "eval" / f"{_already_guided_name(student) or args.guidance}-{args.sampler}-T{args.steps}")
     if dist.is_main:  # before any sampling: the folder takes files, and one w's samples fit (scored, then dropped)
         check_writable("--out", out)
         check_fits_in_memory(f"eval --n {args.n}", 2 * args.n * math.prod(source.image_shape) * 4,
@@ -216,7 +216,8 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     title = f"{choice.title.split(' (')[0]} sweep, {data}"
     if student:  # already guided: one network row per step at any w, no guidance wrapper
         header.append(f"- {student.describe()}; one network row per step at every w")
-        title = f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}"
+        title = (f"Guidance-free trained model (GFT) sweep, {data}" if _already_guided_name(student) == "gft"
+                 else f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}")
     names = tuple(getattr(model, "class_names", ())) or None
     paths = write_sweep(result, out, title=title, class_names=names, header_lines=header, mixture=mixture)
     paths["config"] = write_resolved_config(args, out / RESOLVED_CONFIG_FILE, fill={"out": out})  # for --config
@@ -226,3 +227,10 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     print(f"wrote {', '.join(written)} and {len(result.grids)} per-w grids in {out / 'grids'} to {out} "
           f"({seconds:.0f} s{source.step_note})")
     return EXIT_OK
+
+
+def _already_guided_name(student) -> str | None:
+    """"gft" for a guidance-free trained model, "distilled" for a distilled student, None for neither."""
+    if student is None:
+        return None
+    return str(student.record().get("objective", "distilled"))

@@ -219,6 +219,10 @@ def _one_run(run_dir: Path, layout: Any, kind: str, trainer: str, checkpoint: Pa
         record["perturbable_layers"] = _perturbable_layers(record["network"])
         resolved = run_dir / "resolved_config.toml"
         record["resolved_config"] = str(resolved) if resolved.is_file() else None
+    if kind == "diffusion":
+        record["objective"] = meta.get("objective", "cfg")  # "gft": guidance-free trained, sampled at w in one row
+        if meta.get("guidance_free"):
+            record["guidance_free"] = meta["guidance_free"]
     if meta.get(DISTILLATION_KEY):
         record["kind"], record["trained_by"] = "distilled", "cfgdiff distill"
         record.pop("perturbable_layers", None)  # a student is sampled without guidance methods
@@ -307,6 +311,9 @@ def format_info(info: dict[str, Any]) -> str:
             flag = _LAYER_FLAGS.get(method, "layers")
             out.append(f"  {method} layers ({flag}): {', '.join(layers['layers']) or 'none'} (default "
                        f"{','.join(layers['default']) or 'none'})")
+        if r.get("guidance_free"):
+            out.append(f"  objective: gft (guidance-free training), w range {_value(r['guidance_free'].get('w_range'))}"
+                       "; sample/eval take --w in it at one network row per step")
         if r.get("distillation"):
             dist = r["distillation"]
             teacher = dist.get("teacher") or {}

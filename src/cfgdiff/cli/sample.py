@@ -136,7 +136,8 @@ def _sample(args: argparse.Namespace, dist) -> int:
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
                         nfe_per_sample=np.array([nfe[w] for w in ws]))
     write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
-    per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (" (distilled: one row per step)" if student else "")
+    guided_by = student.record().get("objective", "distilled") if student else ""  # "gft" or "distilled"
+    per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (f" ({guided_by}: one row per step)" if student else "")
     print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples{source.step_note}, {seconds:.1f} s); "
           f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")
     return EXIT_OK

@@ -89,25 +89,41 @@ def guided_run_from_args(args: argparse.Namespace, source: Any, choice: Any, *, 
                                   interval=interval if interval is not None else interval_of(args), **options)
 
 
-def distilled_student(args: argparse.Namespace, source, ws) -> Any:
-    """The ``Student`` of a distilled run for ``cfgdiff sample``/``eval`` (None for any other model source).
+def _refuse_guidance_options(args: argparse.Namespace, what: str) -> None:
+    """UsageError for a guidance option given to an already guided model (``what`` names it)."""
+    if getattr(args, "interval", None) is not None:
+        raise UsageError(f"--interval does not apply to {what}: it is guided at every step in one row")
+    if getattr(args, "guidance", "cfg") not in (None, "cfg") or getattr(args, "classifier", None) is not None:
+        raise UsageError(f"{what} is already guided: --guidance and --classifier do not apply")
 
-    Checks before any work: every w in the student's range (else ``WRangeError``, exit 2), no guidance option
-    (the student is already guided: ``--interval``, another ``--guidance``, ``--classifier`` are refused). A
-    progressive stage samples with its own steps and DDIM unless ``--steps``/``--sampler`` were given; other
-    values are allowed and warned about.
+
+def distilled_student(args: argparse.Namespace, source, ws) -> Any:
+    """The already guided model of a run for ``cfgdiff sample``/``eval``: the ``Student`` of a distilled run, the
+    ``GuidanceFreeModel`` of a run trained with ``--objective gft``; None for any other model source. Both are
+    sampled through ``at(w)``, one network row per step.
+
+    Checks before any work: every w in the model's range (else ``WRangeError``/``GuidanceFreeRangeError``, exit 2),
+    no guidance option (the model is already guided: ``--interval``, another ``--guidance``, ``--classifier`` are
+    refused). A progressive stage samples with its own steps and DDIM unless ``--steps``/``--sampler`` were given;
+    other values are allowed and warned about.
     """
     from cfgdiff.distillation import DISTILLATION_KEY, load_student
+    from cfgdiff.training.guidance_free import guidance_free_info, load_guidance_free
 
-    if getattr(source, "kind", None) != "run" or not (source.meta or {}).get(DISTILLATION_KEY):
+    if getattr(source, "kind", None) != "run":
+        return None
+    if guidance_free_info(source.meta or {}) is not None:
+        model = load_guidance_free(args.run_dir, ema=not getattr(args, "raw_weights", False), device=args.device)
+        for w in ws:
+            model.check(w)
+        _refuse_guidance_options(args, "a guidance-free trained model (--objective gft)")
+        return model
+    if not (source.meta or {}).get(DISTILLATION_KEY):
         return None
     student = load_student(args.run_dir, ema=not getattr(args, "raw_weights", False), device=args.device)
     for w in ws:
         student.w_range.check(w)
-    if getattr(args, "interval", None) is not None:
-        raise UsageError("--interval does not apply to a distilled student: it is guided at every step in one row")
-    if getattr(args, "guidance", "cfg") not in (None, "cfg") or getattr(args, "classifier", None) is not None:
-        raise UsageError("a distilled student is already guided: --guidance and --classifier do not apply")
+    _refuse_guidance_options(args, "a distilled student")
     sampling = student.sampling
     if sampling:
         given = getattr(args, "given", frozenset())

@@ -1,4 +1,5 @@
-"""``cfgdiff train``: train a class-conditional diffusion model with label dropout (Algorithm 1)."""
+"""``cfgdiff train``: train a class-conditional diffusion model with label dropout (Algorithm 1), or its guided model
+directly with guidance-free training (``--objective gft``, ``cfgdiff.training.losses.GuidanceFreeLoss``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ def add_parser(sub) -> None:
                    help="label dropout probability: the share of examples trained as the null class (default 0.1)")
     p.add_argument("--logsnr-schedule", choices=("cosine", "uniform"), default=None,
                    help="training distribution of the log-SNR (default cosine, the paper's)")
+    p.add_argument("--objective", choices=("cfg", "gft"), default=None,
+                   help="cfg: label dropout, sampled with classifier-free guidance (2 rows per guided step); gft: "
+                        "guidance-free training (Chen et al. 2025), the network takes w and is itself the guided "
+                        "model, sampled at any w in [0, --gft-w-max] with 1 row per step (default cfg; fixed for "
+                        "the run)")
+    p.add_argument("--gft-w-max", type=positive_float("--gft-w-max"), default=None, metavar="W",
+                   help="with --objective gft: the largest guidance weight w the network learns (beta ~ U(1/(1+W), "
+                        "1), w = 1/beta - 1); sample/eval refuse w above it (default 4)")
     p.add_argument("--ema-decay", type=_unit_float("--ema-decay"), default=None,
                    help="decay of the weights' exponential moving average used for sampling (default 0.999)")
     p.add_argument("--warmup-steps", type=nonnegative_int("--warmup-steps"), default=None,
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "p_uncond": args.p_uncond, "logsnr_schedule": args.logsnr_schedule, "ema_decay": args.ema_decay,
+        "objective": args.objective, "gft_w_max": args.gft_w_max,
         "warmup_steps": args.warmup_steps, "grad_clip": args.grad_clip, "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every, "seed": args.seed, "device": args.device, "lr_schedule": args.lr_schedule,
         **loop_changes(args),
@@ -132,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.model is not None:
         raise UsageError("--model cannot change on --resume (the architecture is fixed by the run); start a new run "
                          "with --run-dir or --overwrite")
+    from cfgdiff.training import TrainConfig
+
+    # a cfg run's resolved config carries the default w_max (its field, unused): only another value is refused
+    if not args.resume and args.objective != "gft" and args.gft_w_max not in (None, TrainConfig.gft_w_max):
+        raise UsageError("--gft-w-max goes with --objective gft (a cfg run is guided at sampling time, at any w)")
     config = default_config(data, data_shape=data_shape, size=args.model, **overrides)
     config.data_spec = data_spec
     budget = None
@@ -174,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         verb = "resuming" if args.resume else "training"
         print(f"{verb} {trainer.model.config()['arch']} ({n_params / 1e6:.2f}M parameters) on {tc.data} "
               f"(train split, {len(trainer.dataset)} examples) at step {trainer.step} of {tc.steps}, "
-              f"batch {tc.batch_size}, lr {tc.lr:g}, p_uncond={tc.p_uncond}, run dir {run_dir}", file=sys.stderr)
+              f"batch {tc.batch_size}, lr {tc.lr:g}, p_uncond={tc.p_uncond}, objective {tc.objective}"
+              f"{f' (w in [0, {tc.gft_w_max:g}])' if tc.objective == 'gft' else ''}, run dir {run_dir}",
+              file=sys.stderr)
         print(f"  {_runtime_line(trainer)}", file=sys.stderr)
         write_resolved_config(args, run_dir / RESOLVED_CONFIG_FILE,  # beside config.json; --config reads it back
                               fill={**trainer.config.to_json(), "run_dir": run_dir})

@@ -13,7 +13,8 @@ Files, from the bottom up:
 * ``logs.py``: ``loss.jsonl`` and TensorBoard;
 * ``loop.py``: ``fit``, the driver (checkpoints, resume, logging, signals), and ``train_or_resume``, the run
   around it that every kind of network shares (run-directory check, resume config, data, torchrun, fit);
-* ``denoiser.py``: the diffusion run: ``train``, ``load_model``.
+* ``denoiser.py``: the diffusion run: ``train``, ``load_model``;
+* ``guidance_free.py``: a run trained with ``--objective gft`` as eps_fns at any w (``load_guidance_free``).
 
 A new kind of network trains with::
 
@@ -34,9 +35,18 @@ from cfgdiff.training.config import (
     default_config,
     resume_config,
 )
-from cfgdiff.training.denoiser import DIFFUSION_KIND, diffusion_trainer, load_model, make_model, train
+from cfgdiff.training.denoiser import DIFFUSION_KIND, diffusion_loss, diffusion_trainer, load_model, make_model, train
+from cfgdiff.training.guidance_free import GuidanceFreeModel, GuidanceFreeRangeError, load_guidance_free
 from cfgdiff.training.loop import RunPlan, fit, save_run_checkpoint, train_or_resume
-from cfgdiff.training.losses import Batch, DiffusionLoss, LossFn, NoisyClassifierLoss, classifier_loss, drop_labels
+from cfgdiff.training.losses import (
+    Batch,
+    DiffusionLoss,
+    GuidanceFreeLoss,
+    LossFn,
+    NoisyClassifierLoss,
+    classifier_loss,
+    drop_labels,
+)
 from cfgdiff.training.rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -51,11 +61,11 @@ from cfgdiff.training.rundir import (
 from cfgdiff.training.trainer import Trainer, TrainingDiverged
 
 __all__ = [
-    "CHECKPOINT_FILE", "CONFIG_FILE", "DATA_DEFAULTS", "DIFFUSION_KIND", "DIFFUSION_LAYOUT",
-    "LOSS_FILE", "RESUME_FIXED", "RESUME_MAY_CHANGE", "Batch", "BatchStream", "DiffusionLoss",
-    "DistContext", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError", "RunLayout", "RunPlan", "TrainConfig",
-    "Trainer", "TrainingDiverged", "apply_resume_changes", "check_run_dir", "classifier_loss", "data_spec_of",
-    "default_config", "derive_seed", "diffusion_trainer", "drop_labels", "fit", "init_distributed", "load_model",
-    "make_model", "prepare_run_dir", "read_stored_config", "resume_config", "save_run_checkpoint", "train",
-    "train_or_resume",
+    "CHECKPOINT_FILE", "CONFIG_FILE", "DATA_DEFAULTS", "DIFFUSION_KIND", "DIFFUSION_LAYOUT", "LOSS_FILE",
+    "RESUME_FIXED", "RESUME_MAY_CHANGE", "Batch", "BatchStream", "DiffusionLoss", "DistContext", "GuidanceFreeLoss",
+    "GuidanceFreeModel", "GuidanceFreeRangeError", "LoopConfig", "LossFn", "NoisyClassifierLoss", "RunDirError",
+    "RunLayout", "RunPlan", "TrainConfig", "Trainer", "TrainingDiverged", "apply_resume_changes", "check_run_dir",
+    "classifier_loss", "data_spec_of", "default_config", "derive_seed", "diffusion_loss", "diffusion_trainer",
+    "drop_labels", "fit", "init_distributed", "load_guidance_free", "load_model", "make_model", "prepare_run_dir",
+    "read_stored_config", "resume_config", "save_run_checkpoint", "train", "train_or_resume",
 ]

@@ -19,6 +19,7 @@ from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.models.presets import preset_for
 
 LOADERS = ("auto", "memory", "streaming")
+OBJECTIVES = ("cfg", "gft")  # the diffusion run's training objectives (TrainConfig.objective)
 LR_SCHEDULES = ("cosine", "constant")  # after the warm-up: cosine decay to lr_floor · lr at the last step, or flat
 
 # The warm-up a run gets when none is asked for is at most this share of its steps (a preset's 500-step warm-up
@@ -115,11 +116,21 @@ class TrainConfig(LoopConfig):
     logsnr_min: float = LOGSNR_MIN
     logsnr_max: float = LOGSNR_MAX
     model: dict[str, Any] = field(default_factory=dict)  # architecture config, see cfgdiff.models
+    objective: str = "cfg"  # "cfg": Algorithm 1's label dropout; "gft": guidance-free training (losses.py)
+    gft_w_max: float = 4.0  # gft: the largest w learned, β ~ U(1/(1 + gft_w_max), 1) (w = 1/β - 1 ∈ [0, w_max])
 
     def validate(self) -> None:
         """Raise ValueError for values no run can use."""
         if not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.objective == "gft":
+            if not 0.0 < self.p_uncond < 1.0:  # GFT's target needs the unconditional model and the conditional one
+                raise ValueError(f"objective gft needs 0 < p_uncond < 1 (it learns the unconditional model from the "
+                                 f"dropped labels), got {self.p_uncond}")
+            if not (math.isfinite(self.gft_w_max) and self.gft_w_max > 0):
+                raise ValueError(f"gft_w_max must be a positive number, got {self.gft_w_max}")
         super().validate()
         if self.logsnr_schedule not in ("cosine", "uniform"):
             raise ValueError(f"unknown logsnr schedule {self.logsnr_schedule!r}; choose cosine or uniform")
@@ -202,7 +213,7 @@ RESUME_MAY_CHANGE = frozenset({
     "tensorboard",
 })
 RESUME_FIXED = frozenset({"data", "p_uncond", "logsnr_schedule", "logsnr_min", "logsnr_max", "seed", "model",
-                          "hflip"})
+                          "hflip", "objective", "gft_w_max"})
 
 
 def apply_resume_changes(stored: LoopConfig, changes: dict[str, Any], *, step: int, may_change: frozenset[str],

@@ -1,7 +1,9 @@
 """The diffusion model's training run (Ho & Salimans 2022, Algorithm 1) and ``load_model``.
 
 ``train(config, run_dir)`` = load the data, build the network of ``config.model``, and ``fit`` a ``Trainer``
-with the ``DiffusionLoss`` (label dropout to ∅ = K, λ ~ p(λ), z = α x + σ ε, ε-MSE) in the run directory.
+with the loss of ``config.objective`` in the run directory: ``DiffusionLoss`` (cfg: label dropout to ∅ = K,
+λ ~ p(λ), z = α x + σ ε, ε-MSE) or ``GuidanceFreeLoss`` (gft: the network takes w and learns the guided ε itself;
+sample it through ``cfgdiff.training.guidance_free.load_guidance_free``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from cfgdiff.runtime.checkpoint import CheckpointError, load_checkpoint, resolve
 from cfgdiff.runtime.distributed import DistContext
 from cfgdiff.training.budget import TimeBudget
 from cfgdiff.training.config import RESUME_FIXED, TrainConfig, data_spec_of
+from cfgdiff.training.guidance_free import GFT, GFT_PAPER, GUIDANCE_FREE_KEY, OBJECTIVE_KEY
 from cfgdiff.training.loop import RunPlan, StepHook, train_or_resume
-from cfgdiff.training.losses import DiffusionLoss
+from cfgdiff.training.losses import DiffusionLoss, GuidanceFreeLoss, LossFn
 from cfgdiff.training.rundir import CHECKPOINT_FILE, DIFFUSION_LAYOUT
 from cfgdiff.training.trainer import Trainer
 
@@ -34,15 +37,25 @@ def make_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
     else:
         arch_config.setdefault("dim", int(dataset.data_shape[0]))
     arch_config["num_classes"] = dataset.num_classes
+    if config.objective == GFT:  # the sampling model ε_θ(z, λ, c, w) takes the guidance weight
+        arch_config["w_embedding"] = True
     return build_model(arch_config)
 
 
+def diffusion_loss(config: TrainConfig, num_classes: int) -> LossFn:
+    """The loss of ``config.objective``: Algorithm 1's ``DiffusionLoss`` (cfg) or ``GuidanceFreeLoss`` (gft)."""
+    common = dict(num_classes=num_classes, p_uncond=config.p_uncond, logsnr_schedule=config.logsnr_schedule,
+                  logsnr_min=config.logsnr_min, logsnr_max=config.logsnr_max)
+    if config.objective == GFT:
+        return GuidanceFreeLoss(w_max=config.gft_w_max, **common)
+    return DiffusionLoss(**common)
+
+
 def diffusion_trainer(config: TrainConfig, dataset: Dataset, *, dist: DistContext | None = None) -> Trainer:
-    """A ``Trainer`` of the class-conditional denoiser ε_θ(z, λ, c) with Algorithm 1's loss."""
+    """A ``Trainer`` of the class-conditional denoiser ε_θ(z, λ, c) with Algorithm 1's loss, or of the guidance-free
+    sampling model ε_θ(z, λ, c, w) with GFT's (``config.objective``)."""
     config.validate()
-    loss = DiffusionLoss(num_classes=dataset.num_classes, p_uncond=config.p_uncond,
-                         logsnr_schedule=config.logsnr_schedule, logsnr_min=config.logsnr_min,
-                         logsnr_max=config.logsnr_max)
+    loss = diffusion_loss(config, dataset.num_classes)
     trainer = Trainer(lambda: make_model(config, dataset), loss, dataset, config, config=config, dist=dist)
     trainer.metadata_extra.update({
         "kind": DIFFUSION_KIND,
@@ -53,7 +66,10 @@ def diffusion_trainer(config: TrainConfig, dataset: Dataset, *, dist: DistContex
         "num_classes": dataset.num_classes,
         "class_names": list(dataset.class_names),
         "x_bound": dataset.x_bound,
+        OBJECTIVE_KEY: config.objective,
     })
+    if config.objective == GFT:
+        trainer.metadata_extra[GUIDANCE_FREE_KEY] = {"w_range": [0.0, float(config.gft_w_max)], "paper": GFT_PAPER}
     return trainer
 
 
