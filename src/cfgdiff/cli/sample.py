@@ -12,6 +12,7 @@ from cfgdiff.cli.arguments import UsageError, device, float_list, output_path, p
 from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
+from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.models.presets import DEFAULT_SAMPLING_CHUNK, default_chunk
 
@@ -43,9 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
     p.add_argument("--out", type=output_path("--out"), default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--autocast", action="store_true", help="run the network under bf16 autocast (CUDA)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    add_network_options(p, legacy=True)  # --precision, --memory-format, --compile (and --autocast, --channels-last)
     p.set_defaults(func=run)
 
 
@@ -80,8 +79,7 @@ def _sample(args: argparse.Namespace, dist) -> int:
     is_image = len(source.image_shape) == 3
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
     interval_of(args)  # check --interval before any work
-    run = guided_run_from_args(args, source, choice, student=student, network_options={
-        "autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile})
+    run = guided_run_from_args(args, source, choice, student=student, network_options=network_options(args))
 
     samples: dict[float, torch.Tensor] = {}
     nfe: dict[float, float] = {}
