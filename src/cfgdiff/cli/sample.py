@@ -15,6 +15,7 @@ from cfgdiff.cli.model_source import add_model_source_options, class_list, load_
 from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.models.presets import DEFAULT_SAMPLING_CHUNK, default_chunk
+from cfgdiff.sampling.generate import legacy_form
 
 EXIT_OK = 0
 
@@ -103,12 +104,15 @@ def _sample(args: argparse.Namespace, dist) -> int:
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
                             {w: (x.numpy(), labels.numpy()) for w, x in samples.items()}, out)
+    form = run.form if run.form is not None else legacy_form()  # what the network ran in (auto: measured)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, samples=np.stack([samples[w].numpy() for w in ws]), labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
-                        nfe_per_sample=np.array([nfe[w] for w in ws]))
+                        nfe_per_sample=np.array([nfe[w] for w in ws]), precision=form.precision,
+                        memory_format=form.memory_format, form_chosen_by=form.chosen_by, compiled=bool(args.compile))
     write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
     per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (" (distilled: one row per step)" if student else "")
     print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples, {seconds:.1f} s); "
-          f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")
+          f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}; "
+          f"network in {form.name} ({form.chosen_by})" + (", compiled" if args.compile else ""))
     return EXIT_OK
