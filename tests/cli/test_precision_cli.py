@@ -96,3 +96,39 @@ def test_train_records_the_form_and_resume_may_change_it(capsys, tmp_path, has_b
     assert code == 0, err
     meta = read_metadata(run_dir / CHECKPOINT_FILE)
     assert meta["network_form"]["precision"] == "fp32" and meta["train_config"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "tune", "serve"])
+def test_every_sampling_command_reads_the_shared_options(command):
+    from cfgdiff.cli.config_file import command_parser
+    from cfgdiff.cli.network_options import network_options
+
+    args = command_parser(command).parse_args(["RUN", "--precision", "auto", "--memory-format", "channels-last",
+                                               "--compile"])
+    assert network_options(args) == {"precision": "auto", "memory_format": "channels-last", "compile_network": True}
+    plain = command_parser(command).parse_args(["RUN"])
+    assert network_options(plain) == {"precision": "fp32", "memory_format": "contiguous", "compile_network": False}
+
+
+@pytest.mark.parametrize("command", ["train", "train-classifier", "train-features", "distill"])
+def test_every_training_command_reads_the_shared_options(command):
+    from cfgdiff.cli.config_file import command_parser
+    from cfgdiff.cli.training_options import loop_changes
+
+    parser = command_parser(command)
+    required = [] if command != "distill" else ["T", "--run-dir", "S"]
+    changes = loop_changes(parser.parse_args([*required, "--precision", "auto", "--channels-last", "--compile"]))
+    assert (changes["precision"], changes["memory_format"], changes["compile"]) == ("auto", "channels-last", True)
+    assert loop_changes(parser.parse_args(required))["precision"] is None  # not given: --resume keeps the run's
+
+
+def test_compile_puts_inductors_cache_under_cfgdiffs(monkeypatch, cache_dir, digits_run):
+    import os
+
+    from cfgdiff.sampling.generate import prepare_eps_fn
+    from cfgdiff.training import load_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    prepared = prepare_eps_fn(load_model(digits_run), compile_network="eager")  # the plumbing, no C++ compiler
+    assert prepared.network is not prepared.eps_fn
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir / "inductor")

@@ -121,7 +121,7 @@ def test_machine_key_names_the_cpu_flags_torch_and_threads():
 
 
 def test_compile_cache_goes_under_the_cfgdiff_cache(monkeypatch, cache_dir):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # unset (and restored after the test)
     assert precision.enable_compile_cache() == cache_dir / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
     assert str(precision.enable_compile_cache()) == "/elsewhere"  # a folder the user set is kept
