@@ -20,6 +20,7 @@ from cfgdiff.cli.arguments import (
 from cfgdiff.cli.config_file import RESOLVED_CONFIG_FILE, write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
+from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.cli.scoring_options import add_scoring_options, check_scoring_options, scorer_for
 
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
     add_sampler_options(p, steps=128, sampler="ancestral")
     add_guidance_options(p)
     add_scoring_options(p)
+    add_network_options(p)  # --precision, --memory-format, --compile
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise streams (default 0)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="rows per sampling chunk (default by image size and device: on a CPU 256 up to 12x12 "
@@ -79,6 +81,11 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--bootstrap", str(args.bootstrap)]
     if args.no_clip:
         parts.append("--no-clip")
+    for flag, value in (("--precision", args.precision), ("--memory-format", args.memory_format)):
+        if value is not None:
+            parts += [flag, value]
+    if args.compile:
+        parts.append("--compile")
     return " ".join(parts)
 
 
@@ -174,7 +181,8 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     choice = guidance_from_args(args, model, ws=[0.0] if student else args.w, x_bound=source.x_bound,
                                 device=args.device, ema=not args.raw_weights)  # checked before any work
     args.guidance_argv = choice.argv
-    run = guided_run_from_args(args, source, choice, student=student)  # the model, guidance, sampler: one object
+    run = guided_run_from_args(args, source, choice, student=student,  # the model, guidance, sampler: one object
+                               network_options=network_options(args))
     scoring, ok = main_only(lambda: scorer_for(args, meta, data), dist)  # rank 0 alone scores
     if not ok:
         return 2  # rank 0 stopped on bad input and says why

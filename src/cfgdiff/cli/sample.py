@@ -22,8 +22,10 @@ from cfgdiff.cli.arguments import (
 from cfgdiff.cli.config_file import write_resolved_config
 from cfgdiff.cli.guidance_options import add_guidance_options, guidance_from_args
 from cfgdiff.cli.model_source import add_model_source_options, class_list, load_model_source
+from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.models.presets import DEFAULT_SAMPLING_CHUNK, default_chunk
+from cfgdiff.sampling.generate import legacy_form
 
 EXIT_OK = 0
 
@@ -53,9 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
     p.add_argument("--out", type=output_path("--out"), default=None, help="PNG path (default RUN_DIR/samples/grid.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--autocast", action="store_true", help="run the network under bf16 autocast (CUDA)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    add_network_options(p, legacy=True)  # --precision, --memory-format, --compile (and --autocast, --channels-last)
     p.set_defaults(func=run)
 
 
@@ -101,8 +101,7 @@ def _sample(args: argparse.Namespace, dist) -> int:
         check_writable("--out", out)  # before any sampling
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
     interval_of(args)  # check --interval before any work
-    run = guided_run_from_args(args, source, choice, student=student, network_options={
-        "autocast": args.autocast, "channels_last": args.channels_last, "compile_network": args.compile})
+    run = guided_run_from_args(args, source, choice, student=student, network_options=network_options(args))
 
     # every w's samples, written chunk by chunk into one array (held once: the grid and the .npz read it)
     kept = np.empty((len(ws), n_total, *source.image_shape), dtype=np.float32) if dist.is_main else None
@@ -131,15 +130,18 @@ def _sample(args: argparse.Namespace, dist) -> int:
     else:
         toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
                             {w: (kept[i], labels.numpy()) for i, w in enumerate(ws)}, out)
+    form = run.form if run.form is not None else legacy_form()  # what the network ran in (auto: measured)
     npz = out.with_suffix(".npz")
     np.savez_compressed(npz, samples=kept, labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
-                        nfe_per_sample=np.array([nfe[w] for w in ws]))
+                        nfe_per_sample=np.array([nfe[w] for w in ws]), precision=form.precision,
+                        memory_format=form.memory_format, form_chosen_by=form.chosen_by, compiled=bool(args.compile))
     write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
     guided_by = student.record().get("objective", "distilled") if student else ""  # "gft" or "distilled"
     per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (f" ({guided_by}: one row per step)" if student else "")
     print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples{source.step_note}, {seconds:.1f} s); "
-          f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}")
+          f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}; "
+          f"network in {form.name} ({form.chosen_by})" + (", compiled" if args.compile else ""))
     return EXIT_OK
 
 

@@ -72,14 +72,18 @@ def guided_run_from_args(args: argparse.Namespace, source: Any, choice: Any, *, 
                          interval: tuple[float, float] | None = None, steps: int | None = None) -> Any:
     """The ``GuidedRun`` of ``cfgdiff sample``/``eval``/``tune``: ``source``'s model (or the distilled ``student``),
     the guidance ``choice``, ``--interval``, the sampler options, the trained log-SNR range and a latent model's
-    decoder (``source.sampler_options``), ``network_options`` (autocast, channels_last, compile_network).
+    decoder (``source.sampler_options``), ``network_options`` (precision, memory_format, compile_network:
+    ``cli.network_options.network_options``; a ``--precision`` given beats a diffusers source's bf16 on CUDA).
     ``params``, ``interval`` and ``steps`` override the choice's parameters, ``--interval`` and ``--steps`` (one
     trial of a tune)."""
     from cfgdiff.sampling.pipeline import GuidedRun
 
     options = sampler_kwargs(args, source.x_bound)
     options.update(network_options or {})
-    options.update(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
+    from_source = dict(source.sampler_options(args.sampler))  # trained log-SNR range, latent decoding, bf16 on CUDA
+    if getattr(args, "precision", None) is not None:
+        from_source.pop("autocast", None)  # the precision asked for beats the source's default
+    options.update(from_source)
     options.update(batch_size=args.batch_size, data_shape=source.data_shape, device=args.device)
     steps = args.steps if steps is None else steps
     if student is not None:  # already guided at every w: no method, no interval

@@ -9,6 +9,7 @@ import threading
 
 from cfgdiff.cli.arguments import UsageError, checked, device, positive_int
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
+from cfgdiff.cli.network_options import add_network_options, network_options
 
 EXIT_OK = 0
 
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
                    help="torch CPU threads for sampling (default: torch's own choice)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps, ... (default cpu)")
+    add_network_options(p)  # --precision, --memory-format, --compile
     p.add_argument("--log", action="store_true", help="print one line per HTTP request on stderr")
     p.set_defaults(func=run)
 
@@ -44,11 +46,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    net_options = network_options(args)  # an unavailable bf16: one line, before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
+
+    def sampler_options(sampler: str) -> dict:  # the source's (trained range, decode) and the network's form
+        options = dict(source.sampler_options(sampler))
+        if args.precision is not None:
+            options.pop("autocast", None)  # the precision asked for beats a diffusers source's bf16 on CUDA
+        return {**options, **net_options}
+
     explorer = Explorer(source.eps_fn, data_shape=source.data_shape, image_shape=source.image_shape,
                         name=str(source.home), class_names=source.class_names, x_bound=source.x_bound,
                         limits=Limits(max_samples=args.max_samples, max_steps=args.max_steps), device=args.device,
-                        sampler_options=source.sampler_options, has_null_label=source.has_null_label)
+                        sampler_options=sampler_options, has_null_label=source.has_null_label)
     warm_w = "1" if source.has_null_label else "0"
     explorer.render(explorer.parse({"classes": "0", "n": "1", "steps": "1", "w": warm_w}))  # the first grid: fast
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.log else None

@@ -272,10 +272,12 @@ def _runtime_line(trainer) -> str:
     loop, stream = trainer.loop, trainer.stream
     parts = [f"{trainer.dist.world_size} process(es) x {loop.grad_accum} micro-batch(es) of {stream.size} on "
              f"{trainer.device}"]
-    parts.append("bf16 autocast" if loop.autocast else "fp32")
+    form = trainer.form
+    parts.append(("bf16 autocast" if form.bf16 else "fp32") + ("" if form.chosen_by == "asked" else
+                                                                f" ({form.chosen_by}, --precision {loop.precision})"))
     if loop.compile:
         parts.append(f"torch.compile ({loop.compile_backend})")
-    if loop.channels_last and trainer.dataset.is_image:
+    if form.channels_last and trainer.dataset.is_image:
         parts.append("channels_last")
     loader = f"streaming loader, {loop.workers} worker(s)" if stream.streaming else "in-memory batches"
     parts.append(loader + (", random flips" if stream.order.hflip else ""))

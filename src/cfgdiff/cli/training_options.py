@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from cfgdiff.cli.arguments import nonnegative_float, nonnegative_int, positive_int, progress
+from cfgdiff.cli.network_options import add_form_options, check_form, form_names
 
 # option dest = LoopConfig field
-LOOP_OPTIONS = ("hflip", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "autocast", "compile",
-                "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers", "tensorboard")
+LOOP_OPTIONS = ("hflip", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite", "compile",
+                "compile_backend", "tf32", "deterministic", "loader", "workers", "tensorboard")
+# and precision / memory_format, read by cli.network_options.form_names (the old --autocast, --channels-last)
 
 
 def add_loop_options(p: argparse.ArgumentParser) -> None:
@@ -37,14 +39,11 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-nonfinite", type=nonnegative_int("--skip-nonfinite"), default=None, metavar="N",
                    help="skip the update of up to N batches whose loss or gradient is not finite, counting them in "
                         "the log, before stopping (default 0: stop at the first)")
-    g.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast of the forward pass and loss (for CUDA; also runs on CPU) (default off)")
+    add_form_options(g, legacy="boolean", what="the network and the loss (forward and backward)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the network (default off)")
     g.add_argument("--compile-backend", default=None, metavar="NAME",
                    help="torch.compile backend (default inductor; eager needs no compiler)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format for image networks and batches (default off)")
     g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
                    help="TF32 matmuls and convolutions on CUDA (default on)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
@@ -60,8 +59,10 @@ def add_loop_options(p: argparse.ArgumentParser) -> None:
 
 
 def loop_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The loop options as {field: value}, None where not given."""
-    return {name: getattr(args, name, None) for name in LOOP_OPTIONS}
+    """The loop options as {field: value}, None where not given (``UsageError`` for ``--precision bf16`` where
+    the device has no fast bf16)."""
+    check_form(args, getattr(args, "device", None) or "cpu")
+    return {**{name: getattr(args, name, None) for name in LOOP_OPTIONS}, **form_names(args, default=False)}
 
 
 def train_with_progress(train_fn: Callable[..., Any], config: Any, run_dir: Any, args: argparse.Namespace,

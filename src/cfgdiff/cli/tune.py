@@ -32,6 +32,7 @@ from cfgdiff.cli.arguments import (
 from cfgdiff.cli.config_file import to_toml, toml_value
 from cfgdiff.cli.guidance_options import METHOD_FLAGS, add_guidance_options, guidance_from_args, method_flag_params
 from cfgdiff.cli.model_source import add_model_source_options, load_model_source
+from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, guided_run_from_args, interval_of
 from cfgdiff.cli.scoring_options import add_scoring_options, check_scoring_options, scorer_for
 
@@ -94,6 +95,7 @@ def add_parser(sub) -> None:
     add_sampler_options(p, steps=16, sampler="dpmpp_2m")
     add_guidance_options(p)
     add_scoring_options(p)
+    add_network_options(p)  # --precision, --memory-format, --compile
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the trials' noise streams and of the search (default 0; the re-scoring uses fresh "
                         "seeds)")
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
                          "have no such reference: draw them with cfgdiff sample --compose")
     if args.interval is not None and args.tune_interval:
         raise UsageError("--interval fixes the guidance interval and --tune-interval searches it: give one")
+    net_options = network_options(args)  # an unavailable bf16: one line, before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)
     if source.meta.get("distillation"):
         raise UsageError("a distilled student is already guided: there is nothing to tune")
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
     def make_run(parts: dict[str, Any]) -> Any:
         return guided_run_from_args(args, source, choice, params=parts["params"], interval=parts["interval"],
-                                    steps=parts["steps"])
+                                    steps=parts["steps"], network_options=net_options)
 
     command = "cfgdiff " + shlex.join(str(a) for a in getattr(args, "argv", ["tune"]))
     print(f"tune: {args.guidance} on {data or source.description}, objective {objective.text}; searching "

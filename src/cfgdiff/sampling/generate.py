@@ -11,8 +11,10 @@ samplers keep rows apart, so a sample never depends on which other samples share
 networks whose rows are independent and whose kernels do not change with the batch size; a CPU or GPU
 convolution may choose another algorithm for another batch size, which changes the last bits only.)
 
-Network options (``prepare_eps_fn``): bf16 autocast and channels_last for convolutional networks on CUDA, and
-an optional ``torch.compile`` of the network. The guidance and the sampler arithmetic stay in ``dtype``.
+Network options: the network's form (``network_form``: fp32 or bf16 autocast, contiguous or channels-last, each
+``auto`` for the fastest measured on this machine; ``cfgdiff.runtime.precision``) and an optional
+``torch.compile`` (``prepare_eps_fn``). The guidance and the sampler arithmetic stay in ``dtype`` (float32, the
+step coefficients float64): the network's output is cast back before they see it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from cfgdiff.core.contract import EpsFn, check_labels
 from cfgdiff.guidance import GuidanceWeight, cfg
+from cfgdiff.runtime.precision import FormCache, NetworkForm, choose_form, enable_compile_cache, network_key, time_call
 from cfgdiff.sampling.solvers import SAMPLERS
 
 # Rows per chunk. From benchmarks/sampling.py on 2 CPU cores (reports/sampling_benchmark.md): guided per-image
@@ -67,20 +70,23 @@ def _run_seed(seed: int | None, generator: torch.Generator | None, shard: tuple[
 
 
 class PreparedEpsFn:
-    """An eps_fn that runs the network with the chosen options and returns ε̂ in z's dtype.
+    """An eps_fn that runs the network in the chosen form and returns ε̂ in z's dtype.
 
-    ``autocast``: the forward pass under ``torch.autocast(device, bfloat16)``; ``channels_last``: images
-    ([B, C, H, W]) in channels_last memory format (the module's weights are converted once, in place).
+    ``form.precision == "bf16"``: the forward pass under ``torch.autocast(device, bfloat16)`` (convolutions and
+    matrix products in bf16, normalisations in fp32), its output cast back to z's dtype (float32) before the
+    guidance and the solver see it; ``form.memory_format == "channels-last"``: images ([B, C, H, W]) in
+    channels_last memory format (the module's weights are converted once, in place).
     """
 
     def __init__(self, eps_fn: EpsFn, network: Callable[..., torch.Tensor], *, device_type: str,
-                 autocast: bool, channels_last: bool) -> None:
+                 form: NetworkForm) -> None:
         self.eps_fn = eps_fn
         self.network = network
         self.num_classes = eps_fn.num_classes
         self.device_type = device_type
-        self.autocast = autocast
-        self.channels_last = channels_last
+        self.form = form
+        self.autocast = form.bf16
+        self.channels_last = form.channels_last
         if hasattr(eps_fn, "data_shape"):
             self.data_shape = eps_fn.data_shape
 
@@ -94,6 +100,25 @@ class PreparedEpsFn:
         return eps.to(z.dtype)
 
 
+def legacy_form(autocast: bool = False, channels_last: bool = False) -> NetworkForm:
+    """The form the old switches name: ``autocast`` is bf16, ``channels_last`` the channels-last layout."""
+    return NetworkForm("bf16" if autocast else "fp32", "channels-last" if channels_last else "contiguous")
+
+
+def resolve_form_names(precision: str, memory_format: str, autocast: bool = False,
+                       channels_last: bool = False) -> dict[str, str]:
+    """``precision`` / ``memory_format`` with the old switches folded in: ``autocast`` turns the default fp32
+    into bf16, ``channels_last`` the default contiguous into channels-last."""
+    return {"precision": "bf16" if autocast and precision == "fp32" else precision,
+            "memory_format": "channels-last" if channels_last and memory_format == "contiguous" else memory_format}
+
+
+def _set_layout(eps_fn: Any, form: NetworkForm) -> None:
+    if isinstance(eps_fn, torch.nn.Module):
+        layout = torch.channels_last if form.channels_last else torch.contiguous_format
+        eps_fn.to(memory_format=layout)  # type: ignore[call-overload]  # torch stubs: no memory_format
+
+
 def prepare_eps_fn(
     eps_fn: EpsFn,
     *,
@@ -101,26 +126,76 @@ def prepare_eps_fn(
     autocast: bool = False,
     channels_last: bool = False,
     compile_network: bool | str = False,
+    form: NetworkForm | None = None,
 ) -> EpsFn:
-    """``eps_fn`` itself when no option is set, else a ``PreparedEpsFn`` around it.
+    """``eps_fn`` itself when it runs as it is (fp32, contiguous, not compiled), else a ``PreparedEpsFn``
+    around it. ``form`` (``network_form``; default: the one ``autocast``/``channels_last`` name).
 
     ``compile_network``: True for ``torch.compile(eps_fn)`` with the default backend, or a backend name
-    (e.g. "eager" to check the plumbing without a C++ compiler); needs an ``nn.Module``.
+    (e.g. "eager" to check the plumbing without a C++ compiler); needs an ``nn.Module``. Inductor's on-disk
+    cache goes under cfgdiff's cache directory (``runtime.precision.enable_compile_cache``).
     """
-    if not (autocast or channels_last or compile_network):
+    form = form if form is not None else legacy_form(autocast, channels_last)
+    if not (form.bf16 or form.channels_last or compile_network):
         return eps_fn
     network: Callable[..., torch.Tensor] = eps_fn
-    if channels_last:
+    if form.channels_last:
         if not isinstance(eps_fn, torch.nn.Module):
             raise ValueError("channels_last needs an nn.Module network")
-        eps_fn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs: no memory_format
+        _set_layout(eps_fn, form)
     if compile_network:
         if not isinstance(eps_fn, torch.nn.Module):
             raise ValueError("compile_network needs an nn.Module network")
+        enable_compile_cache()
         backend = compile_network if isinstance(compile_network, str) else "inductor"
         network = torch.compile(eps_fn, backend=backend)
-    return PreparedEpsFn(eps_fn, network, device_type=torch.device(device).type, autocast=autocast,
-                         channels_last=channels_last)
+    return PreparedEpsFn(eps_fn, network, device_type=torch.device(device).type, form=form)
+
+
+def _network_of(eps_fn: Any) -> Any:
+    """The ``nn.Module`` under ``eps_fn`` (itself, or what a wrapper's ``model`` / ``eps_fn`` holds), else
+    ``eps_fn``: what the cache key names."""
+    seen = eps_fn
+    while seen is not None and not isinstance(seen, torch.nn.Module):
+        seen = getattr(seen, "model", None) or getattr(seen, "eps_fn", None)
+    return seen if seen is not None else eps_fn
+
+
+def network_form(
+    eps_fn: EpsFn,
+    *,
+    precision: str = "fp32",
+    memory_format: str = "contiguous",
+    device: torch.device | str = "cpu",
+    rows: int,
+    data_shape: tuple[int, ...],
+    cache: FormCache | None = None,
+) -> NetworkForm:
+    """The form ``eps_fn`` samples in: as asked, or, for ``auto``, the fastest candidate
+    (``runtime.precision.choose_form``) timed over forward passes at the sampling shape [rows, *data_shape]
+    (``rows``: a guided chunk's 2B), cached per machine and network. ``auto`` is fp32 where
+    ``runtime.precision.bf16_supported(device)`` is false. The module is left in the chosen layout."""
+    images = len(data_shape) == 3
+    module = isinstance(eps_fn, torch.nn.Module)
+    if memory_format == "auto" and not module:
+        memory_format = "contiguous"  # a layout needs a module's weights to convert
+    generator = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn((rows, *data_shape), generator=generator, device=device)  # [rows, *data_shape]
+    logsnr = torch.zeros(rows, device=device)  # mid-way through the schedule
+    labels = torch.arange(rows, device=device) % (eps_fn.num_classes + 1)  # null labels too, as a guided call
+
+    def measure(candidate: NetworkForm) -> float:
+        _set_layout(eps_fn, candidate)
+        prepared = prepare_eps_fn(eps_fn, device=device, form=candidate)
+        with torch.no_grad():
+            return time_call(lambda: prepared(z, logsnr, labels), device=device)
+
+    key = network_key(_network_of(eps_fn), z.shape, purpose="sampling") if module else None
+    form = choose_form(precision, memory_format, device=device, images=images and module, measure=measure,
+                       key=key, cache=cache)
+    if module and images:
+        _set_layout(eps_fn, form)
+    return form
 
 
 def _data_shape(eps_fn: Any) -> tuple[int, ...]:
@@ -149,6 +224,8 @@ def iter_samples(
     autocast: bool = False,
     channels_last: bool = False,
     compile_network: bool | str = False,
+    precision: str = "fp32",
+    memory_format: str = "contiguous",
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     shard: tuple[int, int] = (0, 1),
     **sampler_kwargs: Any,
@@ -161,8 +238,10 @@ def iter_samples(
     ``cfgdiff.guidance.make_guide("apg", eta=0.0)``; stateful methods get fresh state in every chunk);
     ``sampler_kwargs`` go to the sampler (``v_interp``, ``clip_x``, ``grid``, ``eta``, ...). Randomness:
     sample i uses its own stream seeded with ``sample_seed(seed, i)``; without ``seed``, the run seed is one draw
-    from ``generator`` (or from torch's global generator). ``autocast``, ``channels_last`` and
-    ``compile_network`` go to ``prepare_eps_fn``.
+    from ``generator`` (or from torch's global generator). ``precision`` ("fp32", "bf16", "auto") and
+    ``memory_format`` ("contiguous", "channels-last", "auto") pick the network's form (``network_form``, at a
+    guided chunk's 2·batch_size rows; the old ``autocast`` / ``channels_last`` switches name bf16 and
+    channels-last), ``compile_network`` goes to ``prepare_eps_fn``.
     To count network evaluations, pass a ``cfgdiff.guidance.counting.CountingEpsFn``, or sample through a
     ``cfgdiff.sampling.pipeline.GuidedRun``, which counts them itself. ``decode(x)`` maps each chunk before it is
     yielded (a latent model's VAE decoder; ``cfgdiff.adapters.diffusers``).
@@ -177,8 +256,10 @@ def iter_samples(
     labels = torch.as_tensor(labels, dtype=torch.long)
     check_labels(labels, eps_fn.num_classes, allow_null=True)
     data_shape = tuple(data_shape if data_shape is not None else _data_shape(eps_fn))
-    network = prepare_eps_fn(eps_fn, device=device, autocast=autocast, channels_last=channels_last,
-                             compile_network=compile_network)
+    names = resolve_form_names(precision, memory_format, autocast, channels_last)
+    form = network_form(eps_fn, precision=names["precision"], memory_format=names["memory_format"], device=device,
+                        rows=2 * batch_size, data_shape=data_shape)
+    network = prepare_eps_fn(eps_fn, device=device, form=form, compile_network=compile_network)
     yield from iter_chunks(guide(network, w), labels, sampler=sampler, steps=steps, batch_size=batch_size,
                            seed=_run_seed(seed, generator, shard), data_shape=data_shape, device=device, dtype=dtype,
                            decode=decode, shard=shard, **sampler_kwargs)

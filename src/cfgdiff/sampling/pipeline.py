@@ -15,7 +15,9 @@ a guidance-distilled student are runs like any other:
 
 Randomness: sample i draws from its own stream ``sample_seed(seed, i)`` (``cfgdiff.sampling.generate``), so a
 sample does not depend on the chunk size or on the number of torchrun processes; every w of a run starts from
-the same noise. The network is prepared once (bf16 autocast, channels_last, ``torch.compile``) and guided per w.
+the same noise. The network is prepared once (its form: fp32 or bf16, contiguous or channels-last, ``auto`` for the
+fastest measured at the run's guided chunk of 2·batch_size rows; ``torch.compile``) and guided per w; ``form``
+and ``record()`` say which form it runs in.
 """
 
 from __future__ import annotations
@@ -30,12 +32,22 @@ from cfgdiff.core.contract import EpsFn, check_labels
 from cfgdiff.guidance import GuidanceWeight, GuideFn, guidance_interval_sigma, guidance_method, make_guide
 from cfgdiff.guidance.counting import NFECounter
 from cfgdiff.runtime.distributed import DistContext
-from cfgdiff.sampling.generate import DEFAULT_BATCH_SIZE, _data_shape, _run_seed, iter_chunks, prepare_eps_fn
+from cfgdiff.runtime.precision import NetworkForm
+from cfgdiff.sampling.generate import (
+    DEFAULT_BATCH_SIZE,
+    _data_shape,
+    _run_seed,
+    iter_chunks,
+    network_form,
+    prepare_eps_fn,
+    resolve_form_names,
+)
 from cfgdiff.sampling.sharded import gather_chunks
 from cfgdiff.sampling.solvers import SAMPLERS
 
 DISTILLED = "distilled"  # the method name recorded for an already guided (w-conditioned) model
 RUN_OPTIONS = ("batch_size", "data_shape", "device", "dtype", "autocast", "channels_last", "compile_network",
+               "precision", "memory_format",
                "decode")  # GuidedRun's own keyword arguments; ``from_options`` passes every other one to the sampler
 
 
@@ -56,7 +68,9 @@ class GuidedRun:
     ``guide(eps_fn, w) -> eps_fn``: a guidance of your own instead of a registered ``method`` (recorded under the
     name ``method``; only the main network's rows are counted).
     ``sampler_options`` go to the sampler (``v_interp``, ``clip_x``, ``grid``, ``eta``, ``logsnr_min``/``max``);
-    ``autocast``/``channels_last``/``compile_network`` to ``generate.prepare_eps_fn``; ``decode`` maps each chunk
+    ``precision`` ("fp32", "bf16", "auto") and ``memory_format`` ("contiguous", "channels-last", "auto") pick the
+    network's form (``generate.network_form``; the old ``autocast``/``channels_last`` switches name bf16 and
+    channels-last), ``compile_network`` goes to ``generate.prepare_eps_fn``; ``decode`` maps each chunk
     (a latent model's VAE decoder). ``batch_size`` rows per chunk (a guided chunk is one call of 2x rows).
     """
 
@@ -79,6 +93,8 @@ class GuidedRun:
         autocast: bool = False,
         channels_last: bool = False,
         compile_network: bool | str = False,
+        precision: str = "fp32",
+        memory_format: str = "contiguous",
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if sampler not in SAMPLERS:
@@ -111,8 +127,9 @@ class GuidedRun:
         self.decode = decode
         self.num_classes = int(model.num_classes)
         self.counter = NFECounter()
-        self._prepare: Callable[[EpsFn], EpsFn] = lambda eps_fn: prepare_eps_fn(
-            eps_fn, device=device, autocast=autocast, channels_last=channels_last, compile_network=compile_network)
+        self.form_names = resolve_form_names(precision, memory_format, autocast, channels_last)
+        self.compile_network = compile_network
+        self.form: NetworkForm | None = None  # resolved at the first network prepared
         missing = [name for name in (self.spec.requires if self.spec else ()) if self.params.get(name) is None]
         if self.spec is not None and missing:
             raise ValueError(f"guidance {method} needs {', '.join(missing)} ({self.spec.title})")
@@ -137,6 +154,14 @@ class GuidedRun:
         run_options = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
         return cls(model, method=method, params=params, guide=guide, interval=interval, schedule=schedule,
                    sampler=sampler, steps=steps, sampler_options=options, **run_options)
+
+    def _prepare(self, eps_fn: EpsFn) -> EpsFn:
+        """``eps_fn`` in the run's form (resolved, and for ``auto`` measured, once) and compiled if asked."""
+        if self.form is None:
+            self.form = network_form(eps_fn, precision=self.form_names["precision"],
+                                     memory_format=self.form_names["memory_format"], device=self.device,
+                                     rows=2 * self.batch_size, data_shape=self.data_shape)
+        return prepare_eps_fn(eps_fn, device=self.device, form=self.form, compile_network=self.compile_network)
 
     # -- the weight and the guided eps_fn at w ------------------------------------------------------------------
 
@@ -212,8 +237,12 @@ class GuidedRun:
         return self.counter.rows("classifier")
 
     def record(self) -> dict[str, Any]:
-        """What a sweep's ``meta`` adds about the model: a w-conditioned model's own record, else nothing."""
-        return dict(self.model.record()) if self.w_conditioned else {}  # type: ignore[union-attr]
+        """What a sweep's ``meta`` adds about the model: a w-conditioned model's own record, and the network's
+        form (``network``: precision, memory format, how chosen; ``compiled``)."""
+        record = dict(self.model.record()) if self.w_conditioned else {}  # type: ignore[union-attr]
+        if self.form is not None:
+            record["network"] = {**self.form.record(), "compiled": bool(self.compile_network)}
+        return record
 
     @property
     def uses_classifier(self) -> bool:

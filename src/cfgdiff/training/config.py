@@ -17,9 +17,11 @@ from typing import Any
 
 from cfgdiff.core.schedule import LOGSNR_MAX, LOGSNR_MIN
 from cfgdiff.models.presets import preset_for
+from cfgdiff.runtime.precision import check_form_names
 
 LOADERS = ("auto", "memory", "streaming")
 OBJECTIVES = ("cfg", "gft")  # the diffusion run's training objectives (TrainConfig.objective)
+LEGACY_FORM_SWITCHES = ("autocast", "channels_last")  # old LoopConfig fields, now precision / memory_format
 LR_SCHEDULES = ("cosine", "constant")  # after the warm-up: cosine decay to lr_floor · lr at the last step, or flat
 
 # The warm-up a run gets when none is asked for is at most this share of its steps (a preset's 500-step warm-up
@@ -54,10 +56,12 @@ class LoopConfig:
     keep: int = 3  # step-numbered checkpoints kept beside the latest (0: only the latest)
     save_every_minutes: float = 0.0  # also checkpoint when this much wall-clock time has passed (0: off)
     skip_nonfinite: int = 0  # batches with a non-finite loss or gradient skipped (no update) before stopping
-    autocast: bool = False  # bf16 autocast of the forward pass and the loss (CUDA; allowed on CPU)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast of the forward pass and the loss) or "auto" (measured)
+    memory_format: str = "contiguous"  # "contiguous", "channels-last" (image networks and batches) or "auto"
+    autocast: bool = False  # old switch: True means precision "bf16" (folded in at construction, then False)
     compile: bool = False  # torch.compile the network
     compile_backend: str = "inductor"  # torch.compile backend ("eager" needs no compiler: tests, debugging)
-    channels_last: bool = False  # channels_last memory format for image networks and batches
+    channels_last: bool = False  # old switch: True means memory_format "channels-last" (folded in, then False)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA (Ampere and later)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact --resume on CUDA too (slower)
     hflip: bool | None = None  # random horizontal flips (images only); None: the data set's default
@@ -65,8 +69,18 @@ class LoopConfig:
     workers: int = 0  # DataLoader worker processes of the streaming loader
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
 
+    def __post_init__(self) -> None:
+        """Fold the old switches into the form: ``autocast`` is precision bf16, ``channels_last`` the channels-last
+        layout (a config.json written before ``precision`` existed loads as what it trained with)."""
+        if self.autocast and self.precision == "fp32":
+            self.precision = "bf16"
+        if self.channels_last and self.memory_format == "contiguous":
+            self.memory_format = "channels-last"
+        self.autocast = self.channels_last = False
+
     def validate(self) -> None:
         """Raise ValueError (one line) for values no run can use."""
+        check_form_names(self.precision, self.memory_format)
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -91,7 +105,8 @@ class LoopConfig:
             raise ValueError(f"unknown loader {self.loader!r}; choose from {', '.join(LOADERS)}")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field but the old switches (folded into ``precision`` / ``memory_format``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in LEGACY_FORM_SWITCHES}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]):
@@ -209,8 +224,8 @@ def default_config(data: str, *, data_shape: tuple[int, ...] | None = None, size
 RESUME_MAY_CHANGE = frozenset({
     "steps", "device", "lr", "lr_schedule", "lr_floor", "batch_size", "warmup_steps", "grad_clip", "ema_decay",
     "weight_decay", "checkpoint_every", "log_every", "grad_accum", "keep", "save_every_minutes", "skip_nonfinite",
-    "autocast", "compile", "compile_backend", "channels_last", "tf32", "deterministic", "loader", "workers",
-    "tensorboard",
+    "autocast", "compile", "compile_backend", "channels_last", "precision", "memory_format", "tf32", "deterministic",
+    "loader", "workers", "tensorboard",
 })
 RESUME_FIXED = frozenset({"data", "p_uncond", "logsnr_schedule", "logsnr_min", "logsnr_max", "seed", "model",
                           "hflip", "objective", "gft_w_max"})

@@ -40,6 +40,7 @@ from cfgdiff.runtime.checkpoint import (
     optimizer_tensors,
 )
 from cfgdiff.runtime.distributed import DistContext, all_gather_bytes, all_reduce_sum, local_device
+from cfgdiff.runtime.precision import NetworkForm, choose_form, enable_compile_cache, network_key, time_call
 from cfgdiff.training.batches import BatchStream, derive_seed
 from cfgdiff.training.config import LoopConfig
 from cfgdiff.training.losses import Batch, LossFn
@@ -117,8 +118,18 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(loop.seed)  # weight init: the same on every rank
         model = build_model().to(self.device)
-        if loop.channels_last:
+        if loop.hflip and not dataset.is_image:
+            raise ValueError("random horizontal flips (--hflip) need image data; this data set holds vectors")
+        hflip = loop.hflip if loop.hflip is not None else bool(getattr(dataset, "hflip_default", False))
+        self.stream = BatchStream(
+            dataset, batch_size=loop.batch_size, micro_batches=loop.grad_accum, rank=self.dist.rank,
+            world_size=self.dist.world_size, seed=loop.seed, hflip=hflip and dataset.is_image, device=self.device,
+            loader=loop.loader, workers=loop.workers,
+        )
+        self.form = self._choose_form(model)  # the precision and layout the steps run in (auto: measured)
+        if self.form.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.stream.channels_last = self.form.channels_last and dataset.is_image
         self.model = model
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = make_adamw(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
@@ -126,14 +137,6 @@ class Trainer:
         self._ema_pairs: tuple[list[torch.Tensor], ...] | None = None
         self.net = self._wrap(model)
         self.generator = torch.Generator(device=self.device).manual_seed(self.rank_seed())
-        if loop.hflip and not dataset.is_image:
-            raise ValueError("random horizontal flips (--hflip) need image data; this data set holds vectors")
-        hflip = loop.hflip if loop.hflip is not None else bool(getattr(dataset, "hflip_default", False))
-        self.stream = BatchStream(
-            dataset, batch_size=loop.batch_size, micro_batches=loop.grad_accum, rank=self.dist.rank,
-            world_size=self.dist.world_size, seed=loop.seed, hflip=hflip and dataset.is_image, device=self.device,
-            loader=loop.loader, workers=loop.workers, channels_last=loop.channels_last,
-        )
         self.step = 0  # optimizer steps taken (skipped non-finite batches count as steps)
         self.skipped = 0  # non-finite batches skipped so far
         self.last_skipped: str | None = None  # why the last step was skipped, or None
@@ -151,6 +154,51 @@ class Trainer:
         """The seed of this rank's generator: derive_seed(seed, "rank", rank, *extra)."""
         return derive_seed(self.loop.seed, "rank", self.dist.rank, *extra)
 
+    def _choose_form(self, model: nn.Module) -> NetworkForm:
+        """``loop.precision`` / ``loop.memory_format``, ``auto`` resolved by timing forward + backward of the loss
+        at this process's micro-batch in each candidate form (``runtime.precision.choose_form``; cached per
+        machine and network; fp32 where the device has no fast bf16). Draws no random number of the run (its
+        own generator, the network in eval mode); under torchrun rank 0's choice is every rank's."""
+        loop, dataset = self.loop, self.dataset
+        if loop.precision != "auto" and loop.memory_format != "auto":
+            return choose_form(loop.precision, loop.memory_format, device=self.device, images=dataset.is_image,
+                               measure=lambda form: 0.0)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        size = self.stream.size
+        x = torch.randn((size, *dataset.data_shape), generator=generator, device=self.device).clamp(-1, 1)
+        labels = torch.randint(0, dataset.num_classes, (size,), generator=generator, device=self.device)
+
+        def measure(form: NetworkForm) -> float:
+            layout = torch.channels_last if form.channels_last else torch.contiguous_format
+            model.to(memory_format=layout)  # type: ignore[call-overload]  # torch stubs: no memory_format
+            batch = Batch(x=x.contiguous(memory_format=layout) if x.ndim == 4 else x, labels=labels)
+            context = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if form.bf16
+                       else contextlib.nullcontext())
+
+            def step() -> None:
+                with context:
+                    loss = self.loss_fn(model, batch, torch.Generator(device=self.device).manual_seed(0))
+                loss.float().backward()
+                model.zero_grad(set_to_none=True)
+
+            return time_call(step, device=self.device)
+
+        was_training = model.training
+        model.eval()
+        try:
+            form = choose_form(loop.precision, loop.memory_format, device=self.device, images=dataset.is_image,
+                               measure=measure, key=network_key(model, x.shape, purpose="training"))
+        finally:
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+            model.train(was_training)
+        if self.dist.enabled:  # every rank runs rank 0's choice
+            import torch.distributed as torch_dist
+
+            shared = [form]
+            torch_dist.broadcast_object_list(shared, src=0)
+            form = shared[0]
+        return form
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
         if self.dist.enabled:
@@ -159,12 +207,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = net = DistributedDataParallel(model, device_ids=ids)
         if self.loop.compile:
+            enable_compile_cache()  # inductor's on-disk caches under cfgdiff's: a second run compiles faster
             net = torch.compile(net, backend=self.loop.compile_backend)
         return net
 
     def autocast(self):
-        """bf16 autocast on the training device when ``loop.autocast`` (a null context otherwise)."""
-        if not self.loop.autocast:
+        """bf16 autocast on the training device when the form is bf16 (a null context otherwise)."""
+        if not self.form.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -255,6 +304,7 @@ class Trainer:
             "step": self.step,
             "train_config": self.config_json(),
             "world_size": self.dist.world_size,
+            "network_form": {**self.form.record(), "compiled": bool(self.loop.compile)},  # what the steps ran in
             "data_consumed": self.stream.consumed,
             "skipped_nonfinite": self.skipped,
             "data_source": _json_safe(getattr(self.dataset, "source", {})),
