@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", required=True, help="a cfgdiff train-features run directory")
     args = p.parse_args(argv)
     rows = accuracy_rows(args.npz, args.features)
-    k = int(np.load(args.npz)["labels"].max()) + 1
+    k = int(load_feature_classifier(args.features)(torch.zeros(1, *np.load(args.npz)["samples"].shape[2:]))[1].shape[1])
     print(f"| w | N | feature-classifier accuracy on the samples ± s.e. (chance {1 / k:.2f}) |")
     print("|---|---|---|")
     for w, n, a, se in rows:
