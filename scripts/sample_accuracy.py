@@ -15,21 +15,21 @@ import sys
 import numpy as np
 import torch
 
+from cfgdiff.cli.sample import read_samples
 from cfgdiff.evaluation.features import load_feature_classifier
 
 
 def accuracy_rows(npz_path: str, features: str, batch_size: int = 500) -> list[tuple[float, int, float, float]]:
     """(w, N, accuracy, standard error) per w of the file: accuracy = mean over samples of [argmax p(y | x) = c]."""
-    data = np.load(npz_path)
+    samples, data = read_samples(npz_path)  # a streamed sample: its .npy, read chunk by chunk
     extractor = load_feature_classifier(features)
     labels = torch.as_tensor(data["labels"], dtype=torch.long)
     rows = []
-    for w, x in zip(data["w"].tolist(), data["samples"], strict=True):
-        x = torch.as_tensor(x, dtype=torch.float32)
+    for w, x in zip(data["w"].tolist(), samples, strict=True):
         correct = 0
         for start in range(0, x.shape[0], batch_size):
             with torch.no_grad():
-                _, probs = extractor(x[start:start + batch_size])
+                _, probs = extractor(torch.as_tensor(np.asarray(x[start:start + batch_size]), dtype=torch.float32))
             correct += int((probs.argmax(dim=1) == labels[start:start + batch_size]).sum())
         n = x.shape[0]
         a = correct / n
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", required=True, help="a cfgdiff train-features run directory")
     args = p.parse_args(argv)
     rows = accuracy_rows(args.npz, args.features)
-    k = int(load_feature_classifier(args.features)(torch.zeros(1, *np.load(args.npz)["samples"].shape[2:]))[1].shape[1])
+    shape = read_samples(args.npz)[0].shape[2:]
+    k = int(load_feature_classifier(args.features)(torch.zeros(1, *shape))[1].shape[1])
     print(f"| w | N | feature-classifier accuracy on the samples ± s.e. (chance {1 / k:.2f}) |")
     print("|---|---|---|")
     for w, n, a, se in rows:

@@ -203,9 +203,35 @@ def test_an_impossible_sample_size_is_refused_before_anything_is_allocated_or_wr
     out = tmp_path / "out" / "grid.png"
     t0 = time.monotonic()
     assert_usage_error(capsys, ["sample", digits_run, "--n-per-class", 100_000_000, "--out", out],
-                       "of memory")
+                       "needs about")  # too many to hold: streamed, and too many for the disk too
     assert time.monotonic() - t0 < 10  # no 8 GB label tensor was built
     assert not out.parent.exists()
+
+
+def test_samples_too_many_to_hold_stream_to_disk_and_equal_the_held_ones(capsys, digits_run, tmp_path, monkeypatch):
+    import shutil
+
+    from cfgdiff.cli.sample import read_samples
+
+    argv = ["sample", digits_run, "--w", "0,1", "--steps", 2, "--n-per-class", 40, "--batch-size", 50, "--no-progress"]
+    code, _, err = run_cli(capsys, [*argv, "--out", tmp_path / "held" / "grid.png"])
+    assert code == 0, err
+    held, _ = read_samples(tmp_path / "held" / "grid.npz")
+    # 2 x 400 samples and their 48-pixel figure take about 16 MB: with 20 MB available they stream (above half)
+    monkeypatch.setattr("cfgdiff.cli.arguments.available_memory", lambda: 20 * 2**20)
+    out = tmp_path / "streamed" / "grid.png"
+    code, stdout, err = run_cli(capsys, [*argv, "--out", out])
+    assert code == 0, err
+    assert "streamed to" in stdout and "the first 16 of each class" in stdout and out.exists()
+    with np.load(out.with_suffix(".npz")) as f:
+        assert "samples" not in f.files and str(f["samples_file"]) == "grid.samples.npy"
+    streamed, fields = read_samples(out.with_suffix(".npz"))
+    assert isinstance(streamed, np.memmap) and list(fields["w"]) == [0.0, 1.0]
+    np.testing.assert_array_equal(streamed, held)  # the same samples, bit for bit
+    full = shutil.disk_usage(tmp_path)  # and where the disk cannot take them: one line, nothing written
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full._replace(free=1000))
+    assert_usage_error(capsys, [*argv, "--out", tmp_path / "nodisk" / "grid.png"], "of disk for grid.samples.npy")
+    assert not (tmp_path / "nodisk").exists()
 
 
 def _unwritable(tmp_path):

@@ -96,15 +96,23 @@ def _sample(args: argparse.Namespace, dist) -> int:
             raise UsageError("--compose draws image panels; for 2-D data use the Python API (cfgdiff.guidance.compose)")
         classes = [source.num_classes]
     n_total = len(classes) * args.n_per_class
-    _check_sizes(args, ws, n_total, source, is_image)  # before anything of that size is allocated
+    stream = _check_sizes(args, ws, n_total, source, is_image, out)  # before anything of that size is allocated
     if dist.is_main:
         check_writable("--out", out)  # before any sampling
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(args.n_per_class)
     interval_of(args)  # check --interval before any work
     run = guided_run_from_args(args, source, choice, student=student, network_options=network_options(args))
 
-    # every w's samples, written chunk by chunk into one array (held once: the grid and the .npz read it)
-    kept = np.empty((len(ws), n_total, *source.image_shape), dtype=np.float32) if dist.is_main else None
+    # every w's samples, written chunk by chunk into one array (held once: the grid and the .npz read it); too many
+    # to hold: into a .npy file on disk, chunk by chunk, and the grid shows the first GRID_CAP of each class
+    kept = None
+    if dist.is_main:
+        shape = (len(ws), n_total, *source.image_shape)
+        if stream:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            kept = np.lib.format.open_memmap(_stream_path(out), mode="w+", dtype=np.float32, shape=shape)
+        else:
+            kept = np.empty(shape, dtype=np.float32)
     nfe: dict[float, float] = {}
     bar = progress(len(ws) * labels.shape[0], f"sample ({args.sampler}, {args.steps} steps)",
                    args.no_progress or not dist.is_main)
@@ -123,45 +131,97 @@ def _sample(args: argparse.Namespace, dist) -> int:
         return EXIT_OK  # this rank's samples went to rank 0, which writes them
     out.parent.mkdir(parents=True, exist_ok=True)
     names = source.class_names
+    per_class = min(args.n_per_class, GRID_CAP) if stream else args.n_per_class
+    if stream:
+        kept.flush()
     if is_image:
-        grid = {w: kept[i].reshape(len(classes), args.n_per_class, *source.image_shape) for i, w in enumerate(ws)}
+        grid = {w: np.asarray(kept[i].reshape(len(classes), args.n_per_class, *source.image_shape)[:, :per_class])
+                for i, w in enumerate(ws)}
         rows = [f"compose {args.compose}"] if composed else [names[c] for c in classes]
         save_sample_grid(grid, out, class_names=rows)
     else:
-        toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
-                            {w: (kept[i], labels.numpy()) for i, w in enumerate(ws)}, out)
+        shown = labels.reshape(len(classes), args.n_per_class)[:, :per_class].reshape(-1).numpy()
+        toy_guidance_figure(GaussianMixture.three_gaussians(), ws, {w: (np.asarray(
+            kept[i].reshape(len(classes), args.n_per_class, -1)[:, :per_class].reshape(shown.shape[0], -1)), shown)
+            for i, w in enumerate(ws)}, out)
     form = run.form if run.form is not None else legacy_form()  # what the network ran in (auto: measured)
     npz = out.with_suffix(".npz")
-    np.savez_compressed(npz, samples=kept, labels=labels.numpy(),
+    held = {"samples_file": _stream_path(out).name} if stream else {"samples": kept}  # streamed: the .npy beside it
+    np.savez_compressed(npz, **held, labels=labels.numpy(),
                         w=np.array(ws), sampler=args.sampler, steps=args.steps, seed=args.seed, guidance=args.guidance,
                         nfe_per_sample=np.array([nfe[w] for w in ws]), precision=form.precision,
                         memory_format=form.memory_format, form_chosen_by=form.chosen_by, compiled=bool(args.compile))
     write_resolved_config(args, out.with_suffix(".toml"), fill={"out": out})  # `sample --config` reads it back
     guided_by = student.record().get("objective", "distilled") if student else ""  # "gft" or "distilled"
     per_w = ", ".join(f"w = {w:g}: {nfe[w]:g}" for w in ws) + (f" ({guided_by}: one row per step)" if student else "")
-    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples{source.step_note}, {seconds:.1f} s); "
+    streamed = (f"; the samples streamed to {_stream_path(out)} (the grid shows the first {per_class} of each "
+                f"class)") if stream else ""
+    print(f"wrote {out} and {npz} ({len(ws)} weights x {labels.shape[0]} samples{source.step_note}, {seconds:.1f} s)"
+          f"{streamed}; "
           f"network evaluations per sample ({args.sampler}, {args.steps} steps; a guided step counts 2): {per_w}; "
           f"network in {form.name} ({form.chosen_by})" + (", compiled" if args.compile else ""))
     return EXIT_OK
 
 
 ACTIVATION_FACTOR = 64  # a chunk's network activations, guessed as this many copies of its [2B, *shape] input
+STREAM_SHARE = 0.5  # samples (and their figure) above this share of the available memory stream to disk
+GRID_CAP = 16  # a streamed sample's grid shows at most this many per class
 SCREEN_PIXELS = 48  # the grid upscales each image to at least this many pixels a side (plotting.save_sample_grid)
 
 
-def _check_sizes(args: argparse.Namespace, ws, n_total: int, source, is_image: bool) -> None:
-    """Refuse (one line, exit 2) a request whose memory cannot fit: the samples kept for the grid and the .npz
-    (float32), the grid's figure (RGBA, upscaled), one chunk's network activations (a guess) and the labels,
-    against the memory available now."""
+def read_samples(npz_path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The samples [W, N, *shape] of a ``cfgdiff sample`` .npz and its other fields: the array it holds, or, for a
+    streamed sample, its ``samples_file`` beside it, memory-mapped (read as it is indexed)."""
+    from pathlib import Path
+
+    with np.load(npz_path) as data:
+        fields = {k: data[k] for k in data.files}
+    if "samples" in fields:
+        return fields.pop("samples"), fields
+    return np.load(Path(npz_path).parent / str(fields["samples_file"]), mmap_mode="r"), fields
+
+
+def _stream_path(out):
+    """Where a streamed sample goes: ``grid.png`` → ``grid.samples.npy`` ([W, N, *shape] float32, ``np.load``
+    with ``mmap_mode="r"`` reads it without loading it)."""
+    return out.with_suffix(".samples.npy")
+
+
+def _check_sizes(args: argparse.Namespace, ws, n_total: int, source, is_image: bool, out) -> bool:
+    """Whether the samples stream to disk; refuse (one line, exit 2) a request that cannot fit.
+
+    In memory: the samples kept for the grid and the .npz (float32), the grid's figure (RGBA, upscaled), one
+    chunk's network activations (a guess) and the labels. When the samples and figure would take more than
+    STREAM_SHARE of the memory available now, they stream to ``_stream_path(out)`` chunk by chunk instead (the
+    grid then shows GRID_CAP per class), and what must fit is that file on disk and the rest in memory."""
     import math
+    import shutil
+
+    from cfgdiff.cli.arguments import available_memory, format_bytes
 
     image = math.prod(source.image_shape)
     kept = len(ws) * n_total * image * 4
-    figure = 0
+    figure_per_sample = 0
     if is_image:
         _, height, width = source.image_shape
         scale = max(1, math.ceil(SCREEN_PIXELS / max(1, min(height, width))))
-        figure = 2 * len(ws) * n_total * (height * scale + 1) * (width * scale + 1) * 4
+        figure_per_sample = 2 * len(ws) * (height * scale + 1) * (width * scale + 1) * 4
     chunk = 2 * min(args.batch_size, n_total) * math.prod(source.data_shape) * 4 * ACTIVATION_FACTOR
-    check_fits_in_memory(f"sampling {len(ws)} weight(s) x {n_total} samples", kept + figure + chunk + 8 * n_total,
-                         hint="lower --n-per-class, --classes or the number of weights")
+    what = f"sampling {len(ws)} weight(s) x {n_total} samples"
+    hint = "lower --n-per-class, --classes or the number of weights"
+    available = available_memory()
+    in_memory = kept + figure_per_sample * n_total
+    stream = available is not None and in_memory > STREAM_SHARE * available
+    if not stream:
+        check_fits_in_memory(what, in_memory + chunk + 8 * n_total, hint=hint)
+        return False
+    n_grid = (n_total // max(1, args.n_per_class)) * min(args.n_per_class, GRID_CAP)
+    check_fits_in_memory(what + " (streamed to disk)", figure_per_sample * n_grid + chunk + 8 * n_total, hint=hint)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if kept > free:
+        raise UsageError(f"{what} needs about {format_bytes(kept)} of disk for {_stream_path(out).name} (too many to "
+                         f"hold in memory), {format_bytes(free)} is free in {folder}; {hint}")
+    return True
