@@ -3,9 +3,16 @@
 import pytest
 import torch
 
+from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.training import default_config, train
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to oversubscription
+
+
+@pytest.fixture(scope="session")
+def gm():
+    """The three-Gaussian 2-D mixture: exact class-conditional and marginal eps, the tests' ground truth."""
+    return GaussianMixture.three_gaussians()
 
 
 @pytest.fixture(scope="session")

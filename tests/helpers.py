@@ -4,6 +4,11 @@ command line (``run_cli``, ``assert_usage_error``)."""
 import torch
 
 
+def generators(n, seed=0):
+    """One seeded ``torch.Generator`` per sample: seeds seed, seed + 1, ..., seed + n - 1."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
 def run_cli(capsys, argv):
     """``cfgdiff ARGV`` in this process (arguments made strings): (exit code, stdout, stderr)."""
     from cfgdiff.cli import main

@@ -17,14 +17,8 @@ from cfgdiff.adapters.kdiffusion import (
     to_kdiffusion,
 )
 from cfgdiff.core.schedule import alpha_sigma, logsnr_grid
-from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import cfg
 from cfgdiff.sampling.solvers import sample_ddim, sample_dpmpp_2m
-
-
-@pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
 
 
 def _points(n=30, seed=0):

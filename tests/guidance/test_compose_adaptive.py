@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from cfgdiff.core.schedule import alpha_sigma
-from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
     GUIDANCE_METHODS,
     adaptive,
@@ -21,16 +20,7 @@ from cfgdiff.guidance.adaptive import cosine_rows
 from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.generate import generate_samples
 from cfgdiff.sampling.solvers import SAMPLERS
-from tests.helpers import RowNet
-
-
-@pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
-def _generators(n, seed=0):
-    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+from tests.helpers import RowNet, generators
 
 
 def _inputs(n=12, seed=0):
@@ -74,8 +64,8 @@ def test_one_term_is_plain_cfg(gm, w):
 def test_compose_samples_as_cfg_through_a_sampler(gm):
     labels = torch.full((6,), 1)
     kw = {"steps": 8, "dtype": torch.float64}
-    x = SAMPLERS["dpmpp_2m"](compose(gm, 2.0, terms=[(1, 1.0)]), (6, 2), labels, generator=_generators(6), **kw)
-    torch.testing.assert_close(x, SAMPLERS["dpmpp_2m"](cfg(gm, 2.0), (6, 2), labels, generator=_generators(6), **kw))
+    x = SAMPLERS["dpmpp_2m"](compose(gm, 2.0, terms=[(1, 1.0)]), (6, 2), labels, generator=generators(6), **kw)
+    torch.testing.assert_close(x, SAMPLERS["dpmpp_2m"](cfg(gm, 2.0), (6, 2), labels, generator=generators(6), **kw))
 
 
 def test_compose_is_one_call_of_k_plus_1_times_b_rows_per_step():
@@ -83,7 +73,7 @@ def test_compose_is_one_call_of_k_plus_1_times_b_rows_per_step():
     counted = CountingEpsFn(net)
     labels = torch.full((4,), 3)  # the labels' values are not read, only their number
     SAMPLERS["ddim"](compose(counted, 0.5, terms=[(0, 2.0), (1, -1.0), (2, 0.5)]), (4, 2), labels, steps=5,
-                     generator=_generators(4))
+                     generator=generators(4))
     assert counted.batch_sizes == [16] * 5
     counted.reset()
     with torch.no_grad():
@@ -123,8 +113,8 @@ def test_bad_terms_are_one_line_value_errors(gm, terms, needle):
 def test_adaptive_at_gamma_1_samples_as_plain_cfg_bit_for_bit(gm, sampler):
     labels = torch.arange(6) % 3
     kw = {"steps": 10, "dtype": torch.float64}
-    x = SAMPLERS[sampler](adaptive(gm, 2.0, gamma=1.0), (6, 2), labels, generator=_generators(6), **kw)
-    assert torch.equal(x, SAMPLERS[sampler](cfg(gm, 2.0), (6, 2), labels, generator=_generators(6), **kw))
+    x = SAMPLERS[sampler](adaptive(gm, 2.0, gamma=1.0), (6, 2), labels, generator=generators(6), **kw)
+    assert torch.equal(x, SAMPLERS[sampler](cfg(gm, 2.0), (6, 2), labels, generator=generators(6), **kw))
 
 
 def _switch_trace(eps_fn, w, gamma, z_traj, logsnrs, labels):
@@ -156,7 +146,7 @@ def test_adaptive_switches_each_row_once_its_cosine_crosses_gamma_and_counts_row
 
     gamma = 0.999
     x = SAMPLERS["ddim"](adaptive(Spy(), 3.0, gamma=gamma), (9, 2), labels, steps=12,
-                         generator=_generators(9), dtype=torch.float64)
+                         generator=generators(9), dtype=torch.float64)
     assert torch.isfinite(x).all()
     expected = _switch_trace(gm, 3.0, gamma, [s[0] for s in seen], [s[1] for s in seen], labels)
     assert counted.batch_sizes == expected
@@ -181,7 +171,7 @@ def test_adaptive_nfe_is_below_cfg_at_the_same_steps_and_equal_at_gamma_1(gm):
     for gamma in (1.0, 0.999, 0.99):
         counted = CountingEpsFn(gm)
         SAMPLERS["dpmpp_2m"](adaptive(counted, 2.0, gamma=gamma), (12, 2), labels, steps=16,
-                             generator=_generators(12), dtype=torch.float64)
+                             generator=generators(12), dtype=torch.float64)
         rows[gamma] = counted.rows / 12
     assert rows[1.0] == 32  # 2 rows per step per sample, as CFG
     assert rows[0.99] <= rows[0.999] < rows[1.0]
@@ -206,8 +196,8 @@ def test_adaptive_gamma_out_of_range_is_one_line(gm, gamma):
 def test_linear_ag_at_full_fraction_1_samples_as_plain_cfg_bit_for_bit(gm, sampler):
     labels = torch.arange(6) % 3
     kw = {"steps": 10, "dtype": torch.float64}
-    x = SAMPLERS[sampler](linear_ag(gm, 2.0, full_fraction=1.0), (6, 2), labels, generator=_generators(6), **kw)
-    assert torch.equal(x, SAMPLERS[sampler](cfg(gm, 2.0), (6, 2), labels, generator=_generators(6), **kw))
+    x = SAMPLERS[sampler](linear_ag(gm, 2.0, full_fraction=1.0), (6, 2), labels, generator=generators(6), **kw)
+    assert torch.equal(x, SAMPLERS[sampler](cfg(gm, 2.0), (6, 2), labels, generator=generators(6), **kw))
 
 
 @pytest.mark.parametrize(("fraction", "full"), [(0.5, 8), (0.25, 4), (0.01, 1)])
@@ -215,7 +205,7 @@ def test_linear_ag_costs_2b_rows_on_the_first_steps_then_b(fraction, full):
     net = RowNet()
     counted = CountingEpsFn(net)
     SAMPLERS["ddim"](linear_ag(counted, 2.0, full_fraction=fraction), (4, 2), torch.tensor([0, 1, 2, 0]), steps=16,
-                     generator=_generators(4))
+                     generator=generators(4))
     assert counted.batch_sizes == [8] * full + [4] * (16 - full)
 
 
@@ -233,8 +223,8 @@ def test_linear_ag_recovers_an_exactly_affine_unconditional_model():
     labels = torch.tensor([0, 1, 2, 1])
     kw = {"steps": 12, "dtype": torch.float64}
     x = SAMPLERS["ddim"](linear_ag(ConstantGap(), 2.0, full_fraction=0.25), (4, 2), labels,
-                         generator=_generators(4), **kw)
-    expected = SAMPLERS["ddim"](cfg(ConstantGap(), 2.0), (4, 2), labels, generator=_generators(4), **kw)
+                         generator=generators(4), **kw)
+    expected = SAMPLERS["ddim"](cfg(ConstantGap(), 2.0), (4, 2), labels, generator=generators(4), **kw)
     torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
 
 

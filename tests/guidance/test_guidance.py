@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.guidance import (
     cfg,
     classifier_guidance,
@@ -17,11 +16,6 @@ from cfgdiff.guidance import (
 from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.solvers import sample_ancestral, sample_ddim
 from tests.helpers import RowNet
-
-
-@pytest.fixture
-def gm():
-    return GaussianMixture.three_gaussians()
 
 
 def _inputs(n=9, seed=0):

@@ -23,16 +23,7 @@ from cfgdiff.guidance import (
 from cfgdiff.guidance.counting import CountingEpsFn
 from cfgdiff.sampling.generate import generate_samples
 from cfgdiff.sampling.solvers import SAMPLERS
-from tests.helpers import PerturbableNet, RowNet
-
-
-@pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
-def _generators(n, seed=0):
-    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+from tests.helpers import PerturbableNet, RowNet, generators
 
 
 class PairView:
@@ -61,9 +52,9 @@ def test_a_consistent_pair_and_a_trivial_trajectory_sample_bit_for_bit_as_the_pl
     net = RowNet()
     labels = torch.tensor([0, 1, 2, 3, 1])
     with torch.no_grad():
-        plain = SAMPLERS[sampler](cfg(net, 1.5), (5, 2), labels, steps=6, generator=_generators(5), clip_x=clip_x)
+        plain = SAMPLERS[sampler](cfg(net, 1.5), (5, 2), labels, steps=6, generator=generators(5), clip_x=clip_x)
         view = PairView(cfg(net, 1.5))
-        paired = SAMPLERS[sampler](view, (5, 2), labels, steps=6, generator=_generators(5), clip_x=clip_x)
+        paired = SAMPLERS[sampler](view, (5, 2), labels, steps=6, generator=generators(5), clip_x=clip_x)
     assert torch.equal(plain, paired)
     assert len(view.started) == 1 and len(view.started[0]) == 7  # once per call, with the sampler's 7-point grid
 
@@ -75,9 +66,9 @@ def test_a_consistent_pair_and_a_trivial_trajectory_sample_bit_for_bit_as_the_pl
 def test_cfgpp_at_lambda_0_is_the_unconditional_sampler(gm, sampler):
     labels = torch.arange(12) % 3
     kw = {"steps": 10, "dtype": torch.float64}
-    x_pp = SAMPLERS[sampler](cfgpp(gm, -1.0), (12, 2), labels, generator=_generators(12), **kw)
-    x_unc = SAMPLERS[sampler](cfg(gm, -1.0), (12, 2), labels, generator=_generators(12), **kw)
-    x_null = SAMPLERS[sampler](gm, (12, 2), torch.full_like(labels, 3), generator=_generators(12), **kw)
+    x_pp = SAMPLERS[sampler](cfgpp(gm, -1.0), (12, 2), labels, generator=generators(12), **kw)
+    x_unc = SAMPLERS[sampler](cfg(gm, -1.0), (12, 2), labels, generator=generators(12), **kw)
+    x_null = SAMPLERS[sampler](gm, (12, 2), torch.full_like(labels, 3), generator=generators(12), **kw)
     torch.testing.assert_close(x_pp, x_unc, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(x_pp, x_null, rtol=1e-9, atol=1e-9)
 
@@ -110,10 +101,10 @@ def test_a_cfgpp_step_is_a_cfg_step_at_the_derived_weight_in_every_sampler(gm, s
         weights[lam] = lam_cfg - 1.0 if returns_x_hat else _cfgpp_equivalent_w(lam_cfg, lam, lam_next, step_eta)
     labels = torch.arange(9) % 3
     kw = {"grid": torch.tensor(grid, dtype=torch.float64), "dtype": torch.float64}
-    x_pp = SAMPLERS[sampler](cfgpp(gm, lam_cfg - 1.0), (9, 2), labels, generator=_generators(9), **kw)
-    x_cfg = SAMPLERS[sampler](cfg(gm, weights.__getitem__), (9, 2), labels, generator=_generators(9), **kw)
+    x_pp = SAMPLERS[sampler](cfgpp(gm, lam_cfg - 1.0), (9, 2), labels, generator=generators(9), **kw)
+    x_cfg = SAMPLERS[sampler](cfg(gm, weights.__getitem__), (9, 2), labels, generator=generators(9), **kw)
     torch.testing.assert_close(x_pp, x_cfg, rtol=1e-9, atol=1e-9)
-    x_plain = SAMPLERS[sampler](cfg(gm, lam_cfg - 1.0), (9, 2), labels, generator=_generators(9), **kw)
+    x_plain = SAMPLERS[sampler](cfg(gm, lam_cfg - 1.0), (9, 2), labels, generator=generators(9), **kw)
     assert not torch.allclose(x_pp, x_plain)  # the re-noising ε_u did change the path
 
 
@@ -144,8 +135,8 @@ def test_state_is_per_trajectory_reused_objects_and_chunks_give_the_same_samples
         whole = generate_samples(net, labels, w=2.0, batch_size=7, data_shape=(2,), **kw)
         chunked = generate_samples(net, labels, w=2.0, batch_size=3, data_shape=(2,), **kw)
         guided = guide(net, 2.0)  # one object, two sampler calls: the second starts from fresh state
-        first = SAMPLERS[sampler](guided, (7, 2), labels, steps=6, generator=_generators(7), dtype=torch.float64)
-        again = SAMPLERS[sampler](guided, (7, 2), labels, steps=6, generator=_generators(7), dtype=torch.float64)
+        first = SAMPLERS[sampler](guided, (7, 2), labels, steps=6, generator=generators(7), dtype=torch.float64)
+        again = SAMPLERS[sampler](guided, (7, 2), labels, steps=6, generator=generators(7), dtype=torch.float64)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
     assert torch.equal(first, again)
 
@@ -254,7 +245,7 @@ def test_outside_the_interval_everywhere_every_method_is_the_conditional_sampler
     nowhere = guidance_interval(5.0, logsnr_lo=100.0, logsnr_hi=200.0)
     kw = {"steps": 8, "dtype": torch.float64}
     x = SAMPLERS[sampler](make_guide(name, **_params(gm)[name])(_subject(name, gm), nowhere), (6, 2), labels,
-                          generator=_generators(6), **kw)
-    assert torch.equal(x, SAMPLERS[sampler](gm, (6, 2), labels, generator=_generators(6), **kw))
+                          generator=generators(6), **kw)
+    assert torch.equal(x, SAMPLERS[sampler](gm, (6, 2), labels, generator=generators(6), **kw))
 
 

@@ -32,11 +32,6 @@ from tests.helpers import PerturbableNet, RowNet
 
 
 @pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
-@pytest.fixture(scope="module")
 def gm8():
     """An 8-D mixture of overlapping classes on a common offset, as images are: a shared mean plus a class pattern."""
     g = torch.Generator().manual_seed(1)

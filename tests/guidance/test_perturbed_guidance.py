@@ -19,11 +19,6 @@ METHODS = [name for name, spec in GUIDANCE_METHODS.items() if spec.perturbation 
 
 
 @pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
-@pytest.fixture(scope="module")
 def toy(gm):
     """The mixture whose perturbed rows are a wider mixture's: ε_p is known exactly."""
     return PerturbableNet(gm, GaussianMixture(gm.means, 1.5 * gm.stds))

@@ -18,11 +18,6 @@ from cfgdiff.sampling.generate import (
 
 
 @pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
-@pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
     net = UNet(image_shape=(1, 8, 8), num_classes=3, base_channels=8, channel_mults=(1, 2), groups=4).eval()

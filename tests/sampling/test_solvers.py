@@ -36,11 +36,6 @@ NEW_SOLVERS = [sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_heu
 N_PER_CLASS = 3000
 
 
-@pytest.fixture(scope="module")
-def gm():
-    return GaussianMixture.three_gaussians()
-
-
 def test_new_solvers_are_registered():
     for name, fn in {"dpmpp_2m": sample_dpmpp_2m, "dpmpp_2m_sde": sample_dpmpp_2m_sde,
                      "dpmpp_3m": sample_dpmpp_3m, "heun": sample_heun}.items():

@@ -55,17 +55,6 @@ def image_mixture(num_classes: int = 10) -> ImageMixture:
     return ImageMixture(GaussianMixture(means.reshape(num_classes, 64), torch.full((num_classes,), 0.35)))
 
 
-@pytest.fixture(scope="module")
-def model(digits_run):
-    return load_model(digits_run)
-
-
-@pytest.fixture(scope="module")
-def explorer(model):
-    return Explorer(model, data_shape=model.data_shape, name="digits", class_names=model.class_names,
-                    x_bound=model.x_bound, limits=Limits(max_samples=40, max_steps=20))
-
-
 def _decode(png: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(png)))
 

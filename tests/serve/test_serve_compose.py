@@ -6,20 +6,8 @@ import torch
 
 from cfgdiff.guidance import compose
 from cfgdiff.sampling.generate import generate_samples
-from cfgdiff.serve import Explorer, Limits, RequestError
+from cfgdiff.serve import RequestError
 from cfgdiff.serve.explorer import request_as_query
-from cfgdiff.training import load_model
-
-
-@pytest.fixture(scope="module")
-def model(digits_run):
-    return load_model(digits_run)
-
-
-@pytest.fixture(scope="module")
-def explorer(model):
-    return Explorer(model, data_shape=model.data_shape, name="digits", class_names=model.class_names,
-                    x_bound=model.x_bound, limits=Limits(max_samples=40, max_steps=20))
 
 
 def test_a_compose_request_is_one_row_of_the_composed_samples(explorer, model):
