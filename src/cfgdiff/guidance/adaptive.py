@@ -14,6 +14,7 @@ from cfgdiff.guidance.base import (
     TINY,
     GuidanceWeight,
     GuidedEpsFn,
+    check_unit_share,
     combine_cfg,
     read_logsnr_if,
     row_dims,
@@ -35,10 +36,7 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def check_gamma(gamma: float) -> float:
     """γ as a float in (0, 1] (ValueError otherwise)."""
-    gamma = float(gamma)
-    if not 0.0 < gamma <= 1.0:  # refuses nan too
-        raise ValueError(f"adaptive guidance gamma must lie in (0, 1] (1 = never switch), got {gamma:g}")
-    return gamma
+    return check_unit_share(gamma, "adaptive guidance gamma", "1 = never switch")
 
 
 class AdaptiveGuidance(GuidedEpsFn):

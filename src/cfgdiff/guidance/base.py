@@ -101,6 +101,15 @@ def scale_from_w(w: float) -> float:
     return float(w) + 1.0
 
 
+def check_unit_share(value: float, what: str, note: str = "") -> float:
+    """``value`` as a float in (0, 1] (ValueError naming ``what``, and ``note`` on its meaning, otherwise; nan is
+    refused too)."""
+    value = float(value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{what} must lie in (0, 1]{f' ({note})' if note else ''}, got {value:g}")
+    return value
+
+
 def check_weight(w: GuidanceWeight) -> GuidanceWeight:
     """A schedule as it is, or w as a finite float (ValueError otherwise)."""
     if callable(w):

@@ -14,6 +14,7 @@ from cfgdiff.core.contract import EpsFn, call_eps_fn, step_logsnr
 from cfgdiff.guidance.base import (
     GuidanceWeight,
     GuidedEpsFn,
+    check_unit_share,
     combine_cfg,
     eval_cond_uncond,
     read_logsnr_if,
@@ -24,10 +25,7 @@ RECOMMENDED_FULL_FRACTION = 0.5  # Castillo et al. find the unconditional pass m
 
 def check_full_fraction(full_fraction: float) -> float:
     """f as a float in (0, 1] (ValueError otherwise)."""
-    f = float(full_fraction)
-    if not 0.0 < f <= 1.0:  # refuses nan too
-        raise ValueError(f"linear-ag full_fraction must lie in (0, 1] (1 = every step in full), got {f:g}")
-    return f
+    return check_unit_share(full_fraction, "linear-ag full_fraction", "1 = every step in full")
 
 
 class LinearAG(GuidedEpsFn):
