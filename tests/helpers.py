@@ -4,6 +4,18 @@ command line (``run_cli``, ``assert_usage_error``)."""
 import torch
 
 
+def load_script(name):
+    """The module of ``scripts/NAME.py`` (scripts are not a package), loaded from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def generators(n, seed=0):
     """One seeded ``torch.Generator`` per sample: seeds seed, seed + 1, ..., seed + n - 1."""
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]

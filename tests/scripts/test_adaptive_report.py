@@ -1,23 +1,13 @@
 """scripts/adaptive_report.py's paired measures: the guidance kept is 0 at the conditional sample, 1 at full CFG's,
 linear in between, and the RMS distance to CFG's sample is the pixels' root mean square difference."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "adaptive_report.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("adaptive_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_guidance_kept_and_distance_are_exact_on_points_of_the_guidance_line():
-    paired = _module().paired
+    paired = load_script("adaptive_report").paired
     rng = np.random.default_rng(0)
     x0, x1 = rng.normal(size=(2, 50, 1, 8, 8))
     for t in (0.0, 0.25, 1.0, 1.5):

@@ -1,21 +1,10 @@
 """scripts/sample_accuracy.py: per w, the share of samples the feature classifier assigns to their own class."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from cfgdiff.evaluation.features import FeatureClassifier, default_classifier_config, save_feature_classifier
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sample_accuracy.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sample_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_accuracy_per_w_counts_the_classifiers_own_answers(tmp_path, capsys):
@@ -28,7 +17,7 @@ def test_accuracy_per_w_counts_the_classifiers_own_answers(tmp_path, capsys):
     labels = predicted.clone()
     labels[:10] = (labels[:10] + 1) % 4  # the second w: exactly 30 of 40 labels are the classifier's answer
     np.savez(tmp_path / "s.npz", samples=x.numpy(), labels=labels.numpy(), w=np.array([0.0, 3.0]))
-    module = _module()
+    module = load_script("sample_accuracy")
     rows = module.accuracy_rows(str(tmp_path / "s.npz"), str(tmp_path / "feat"), batch_size=7)  # chunked
     with torch.no_grad():
         first = float((net(x[0]).argmax(dim=1) == labels).float().mean())

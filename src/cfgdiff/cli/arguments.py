@@ -173,17 +173,22 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def nearest_existing_folder(path: Path) -> Path:
+    """The folder a new file at ``path`` would land under that exists now: ``path`` itself when it is a folder,
+    else its nearest existing parent."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder if folder.is_dir() else folder.parent
+
+
 def check_writable(flag: str, path: Path) -> None:
     """Refuse (``UsageError``, one line) an output path that cannot be written, before any work: the nearest
     existing folder of ``path`` (itself when it is one) must take a new file. Probed by creating and removing a
     temporary file there, since permission bits do not tell (root, read-only mounts)."""
     import tempfile
 
-    folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        folder = folder.parent
+    folder = nearest_existing_folder(path)
     try:
         fd, probe = tempfile.mkstemp(prefix=".cfgdiff-write-probe-", dir=folder)
     except OSError as err:

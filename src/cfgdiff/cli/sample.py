@@ -134,16 +134,16 @@ def _sample(args: argparse.Namespace, dist) -> int:
     per_class = min(args.n_per_class, GRID_CAP) if stream else args.n_per_class
     if stream:
         kept.flush()
+    # what the figure shows of each w: the first per_class samples of every class, [K, per_class, *shape]
+    shown = {w: np.asarray(kept[i].reshape(len(classes), args.n_per_class, *source.image_shape)[:, :per_class])
+             for i, w in enumerate(ws)}
     if is_image:
-        grid = {w: np.asarray(kept[i].reshape(len(classes), args.n_per_class, *source.image_shape)[:, :per_class])
-                for i, w in enumerate(ws)}
         rows = [f"compose {args.compose}"] if composed else [names[c] for c in classes]
-        save_sample_grid(grid, out, class_names=rows)
+        save_sample_grid(shown, out, class_names=rows)
     else:
-        shown = labels.reshape(len(classes), args.n_per_class)[:, :per_class].reshape(-1).numpy()
-        toy_guidance_figure(GaussianMixture.three_gaussians(), ws, {w: (np.asarray(
-            kept[i].reshape(len(classes), args.n_per_class, -1)[:, :per_class].reshape(shown.shape[0], -1)), shown)
-            for i, w in enumerate(ws)}, out)
+        shown_labels = np.repeat(np.asarray(classes), per_class)
+        toy_guidance_figure(GaussianMixture.three_gaussians(), ws,
+                            {w: (x.reshape(-1, *source.image_shape), shown_labels) for w, x in shown.items()}, out)
     form = run.form if run.form is not None else legacy_form()  # what the network ran in (auto: measured)
     npz = out.with_suffix(".npz")
     held = {"samples_file": _stream_path(out).name} if stream else {"samples": kept}  # streamed: the .npy beside it
@@ -197,7 +197,7 @@ def _check_sizes(args: argparse.Namespace, ws, n_total: int, source, is_image: b
     import math
     import shutil
 
-    from cfgdiff.cli.arguments import available_memory, format_bytes
+    from cfgdiff.cli.arguments import available_memory, format_bytes, nearest_existing_folder
 
     image = math.prod(source.image_shape)
     kept = len(ws) * n_total * image * 4
@@ -217,9 +217,7 @@ def _check_sizes(args: argparse.Namespace, ws, n_total: int, source, is_image: b
         return False
     n_grid = (n_total // max(1, args.n_per_class)) * min(args.n_per_class, GRID_CAP)
     check_fits_in_memory(what + " (streamed to disk)", figure_per_sample * n_grid + chunk + 8 * n_total, hint=hint)
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing_folder(out.parent)
     free = shutil.disk_usage(folder).free
     if kept > free:
         raise UsageError(f"{what} needs about {format_bytes(kept)} of disk for {_stream_path(out).name} (too many to "

@@ -33,6 +33,15 @@ class GuidanceFreeRangeError(ValueError):
     """A w outside a guidance-free model's trained range [0, w_max] (one line)."""
 
 
+def _take_network_description(target: object, network: nn.Module) -> None:
+    """What the samplers and commands read of a network, set on ``target``: num_classes, data_shape, class_names
+    and x_bound."""
+    target.num_classes = int(network.num_classes)  # type: ignore[attr-defined]
+    target.data_shape = tuple(network.data_shape)  # type: ignore[attr-defined]
+    target.class_names = tuple(getattr(network, "class_names", ()))  # type: ignore[attr-defined]
+    target.x_bound = float(getattr(network, "x_bound", 1.0))  # type: ignore[attr-defined]
+
+
 class GuidanceFreeEpsFn(nn.Module):
     """The eps_fn of a GFT network at one fixed w: ``eps = ε_θ(z, λ, c, w)``, one call of B rows (already guided)."""
 
@@ -40,10 +49,7 @@ class GuidanceFreeEpsFn(nn.Module):
         super().__init__()
         self.network = network
         self.w = float(w)
-        self.num_classes = int(network.num_classes)
-        self.data_shape = tuple(network.data_shape)
-        self.class_names = tuple(getattr(network, "class_names", ()))
-        self.x_bound = float(getattr(network, "x_bound", 1.0))
+        _take_network_description(self, network)
 
     def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """ε̃_w(z, λ, c): z [B, ...], logsnr [B], labels [B] -> [B, ...]."""
@@ -61,10 +67,7 @@ class GuidanceFreeModel:
             raise ValueError("a guidance-free model needs a network built with w_embedding=True")
         self.network = network
         self.w_max = float(w_max)
-        self.num_classes = int(network.num_classes)
-        self.data_shape = tuple(network.data_shape)
-        self.class_names = tuple(getattr(network, "class_names", ()))
-        self.x_bound = float(getattr(network, "x_bound", 1.0))
+        _take_network_description(self, network)
 
     def check(self, w: float) -> float:
         """w itself, or ``GuidanceFreeRangeError`` when it lies outside [0, w_max]."""
