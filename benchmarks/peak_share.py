@@ -69,6 +69,16 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def first_call_seconds(fn, *, device: str = "cpu") -> float:
+    """Seconds of the first call of ``fn``: with ``torch.compile`` this is the compilation (or the load of a
+    cached one) plus one call."""
+    t0 = time.perf_counter()
+    fn()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _autocast(form: NetworkForm, device: str = "cpu"):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if form.bf16 else nullcontext()
 
@@ -84,9 +94,11 @@ def sampling_row(net: torch.nn.Module, shape, rows: int, form: NetworkForm, *, c
     prepared = prepare_eps_fn(net, form=form, compile_network=compiled, device=device)
     with torch.no_grad():
         flops = count_flops(lambda: net(z, logsnr, labels))
-        seconds = time_call(lambda: prepared(z, logsnr, labels), warmup=2 if compiled else 1, repeats=repeats,
-                            budget_s=2.0, device=device)
-    return {"rows": rows, "flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9}
+        first = first_call_seconds(lambda: prepared(z, logsnr, labels), device=device)
+        seconds = time_call(lambda: prepared(z, logsnr, labels), warmup=1, repeats=repeats, budget_s=2.0,
+                            device=device)
+    return {"rows": rows, "flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9,
+            "first_call_seconds": first}
 
 
 def training_row(config: dict, shape, batch: int, form: NetworkForm, *, compiled: bool,
@@ -105,9 +117,9 @@ def training_row(config: dict, shape, batch: int, form: NetworkForm, *, compiled
         x = x.contiguous(memory_format=torch.channels_last)
     data = Batch(x=x, labels=torch.randint(0, NUM_CLASSES, (batch,), generator=generator, device=device))
 
-    def forward_backward() -> None:
+    def forward_backward(network=call) -> None:
         with _autocast(form, device):
-            loss = loss_fn(call, data, generator)
+            loss = loss_fn(network, data, generator)
         loss.float().backward()
 
     def step() -> None:
@@ -115,9 +127,11 @@ def training_row(config: dict, shape, batch: int, form: NetworkForm, *, compiled
         forward_backward()
         optimizer.step()
 
-    flops = count_flops(forward_backward)
-    seconds = time_call(step, warmup=2 if compiled else 1, repeats=repeats, budget_s=3.0, device=device)
-    return {"batch": batch, "flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9}
+    flops = count_flops(lambda: forward_backward(net))  # the eager network: FlopCounterMode sees its aten calls
+    first = first_call_seconds(step, device=device)
+    seconds = time_call(step, warmup=1, repeats=repeats, budget_s=3.0, device=device)
+    return {"batch": batch, "flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9,
+            "first_call_seconds": first}
 
 
 def images_per_second(net: torch.nn.Module, shape, chunk: int, *, steps: int, w: float, form: NetworkForm,
