@@ -111,7 +111,7 @@ def test_bad_input_in_sample_is_one_line_and_writes_nothing(capsys, digits_run, 
 
 
 @pytest.mark.parametrize(("command", "extra", "needle"), [
-    ("eval", ["--compose", "3:1"], "draw them with cfgdiff sample --compose"),
+    ("eval", ["--compose", "3:-1"], "has no class of positive weight"),
     ("eval", ["--guidance", "adaptive", "--adaptive-gamma", "2"], "--adaptive-gamma must lie in (0, 1]"),
     ("sample", ["--compose", "3:1", "--classes", "3"], "--classes does not go with --compose")])
 def test_compose_refusals_are_one_line(capsys, digits_run, tmp_path, command, extra, needle):

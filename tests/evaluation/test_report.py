@@ -125,6 +125,7 @@ def test_unknown_and_spread_columns_are_shown_generically(sweep_ddim, tmp_path):
     ("fid", 1.23456, "1.235"), ("w", 0.1, "0.1"), ("n", 2000, "2000"), ("seconds_per_sample", 0.0123, "12.30"),
     ("nfe_per_sample", 20.0, "20"), ("memorisation", 0.000123456, "0.0001235"), ("fid", float("nan"), "nan"),
     ("note", None, "–"), ("flag", True, "yes"), ("params", {"phi": 0.7}, '{"phi":0.7}'),
+    ("term_prob", {"3:+1": 0.93125, "8:-1": None}, "3:+1 0.931, 8:-1 –"),
 ])
 def test_format_value(key, value, text):
     assert format_value(key, value) == text

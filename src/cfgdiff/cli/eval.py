@@ -7,6 +7,8 @@ import math
 import sys
 import time
 
+import torch
+
 from cfgdiff.cli.arguments import (
     UsageError,
     check_fits_in_memory,
@@ -23,6 +25,7 @@ from cfgdiff.cli.model_source import add_model_source_options, load_model_source
 from cfgdiff.cli.network_options import add_network_options, network_options
 from cfgdiff.cli.sampling_options import add_sampler_options, distilled_student, guided_run_from_args, interval_of
 from cfgdiff.cli.scoring_options import add_scoring_options, check_scoring_options, scorer_for
+from cfgdiff.guidance.compose import describe_terms, positive_classes
 
 EXIT_OK = 0
 SMALL_N = 500  # below this many samples per w, FID's upward bias and spread swamp most differences between w
@@ -38,11 +41,15 @@ def add_parser(sub) -> None:
                                    "density/coverage, KID and the class-averaged FID in the same features. 2-D "
                                    "data (gmm2d) is scored by the sliced Wasserstein distance to held-out points, "
                                    "precision/recall/density/coverage against them and the exact guided "
-                                   "log-density instead (samples.png).")
+                                   "log-density instead (samples.png). With --compose every sample gets the "
+                                   "composition and is scored against the real images of its positive-weight "
+                                   "classes, with each term's class probability under the feature classifier "
+                                   "(image data only).")
     add_model_source_options(p, data_option=True)
     p.add_argument("--w", type=float_list, default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0],
                    help="guidance weights in the paper's convention (default 0,0.1,0.2,0.3,0.5,1,2,4)")
-    p.add_argument("--n", type=int, default=2000, help="samples per w, class-balanced (default 2000)")
+    p.add_argument("--n", type=int, default=2000,
+                   help="samples per w, class-balanced; with --compose, all with the composition (default 2000)")
     add_sampler_options(p, steps=128, sampler="ancestral")
     add_guidance_options(p)
     add_scoring_options(p)
@@ -122,14 +129,21 @@ def _summary(result) -> list[str]:
             line += _fidelity_diversity(row, meta)
             lines.append(line + f", NFE/sample = {row.nfe_per_sample:g}")
         return lines
+    from cfgdiff.evaluation.sweep import term_probabilities_text
+
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     lines = []
+    if meta.get("compose") is not None:  # what a composition is compared with, and whether adherence is measured
+        lines.append(f"composition {meta['compose']}: every distance is to {meta['reference']}"
+                     + ("" if meta.get("term_prob_name") else "; p(c_i | x) per term not measured (the feature "
+                                                              "network does not classify this data's classes)"))
     if meta.get("fid_floor") is not None:
+        of = "" if not meta.get("reference_classes") else " of the same classes"
         at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""  # all the pool can resolve
         lines.append(f"floor at N = {n}: {fid_name} = {at_least}{_pm(meta['fid_floor'], meta.get('fid_floor_std'))} vs "
-                     f"training split ({n} held-out test images, {meta['fid_floor_method']}), "
+                     f"training split ({n} held-out test images{of}, {meta['fid_floor_method']}), "
                      f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} vs test split "
-                     f"({n} training images)")
+                     f"({n} training images{of})")
     for row in result.rows:
         copies = "" if row.memorised is None else f", near-copies {100 * row.memorised:.1f} %"
         delta = "" if row.fid_delta is None else (f" (Δ vs w = {meta['fid_delta_baseline_w']:g}: "
@@ -139,6 +153,7 @@ def _summary(result) -> list[str]:
         kid = "" if row.kid is None else (f", KID = {row.kid:.5f}" + ("" if row.kid_std is None else
                                                                       f" ± {row.kid_std:.5f}"))
         per_class = "" if row.fid_per_class is None else f", per-class {fid_name} = {row.fid_per_class:.3f}"
+        per_class += "" if row.term_prob is None else f", p(c_i | x) per term: {term_probabilities_text(row)}"
         lines.append(f"w = {row.w:g}: {fid_name} = {_pm(row.fid, row.fid_std)} vs training split{delta}, "
                      f"{_pm(row.fid_test, row.fid_test_std)} vs test split (N = {row.n}), {is_name} = "
                      f"{_pm(row.inception_score, row.inception_score_std)}{copies}"
@@ -164,9 +179,6 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     if args.n < 2:
         raise UsageError(f"--n must be >= 2 (a covariance needs two samples), got {args.n}")
     check_scoring_options(args)
-    if args.compose is not None or args.guidance == "compose":  # before any work
-        raise UsageError("eval scores class-balanced samples against each class's real images; composed "
-                         "conditions have no such reference: draw them with cfgdiff sample --compose")
     interval_of(args)  # check --interval before any work
     source = load_model_source(args, ema=not args.raw_weights, device=args.device)  # a run or --diffusers DIR
     source.check_guidance(args.w, args.guidance)
@@ -181,14 +193,17 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     choice = guidance_from_args(args, model, ws=[0.0] if student else args.w, x_bound=source.x_bound,
                                 device=args.device, ema=not args.raw_weights)  # checked before any work
     args.guidance_argv = choice.argv
+    terms = _composition(choice, source)  # None, or the checked terms of --compose (before any work)
     run = guided_run_from_args(args, source, choice, student=student,  # the model, guidance, sampler: one object
                                network_options=network_options(args))
-    scoring, ok = main_only(lambda: scorer_for(args, meta, data), dist)  # rank 0 alone scores
+    scoring, ok = main_only(lambda: scorer_for(args, meta, data, terms=terms), dist)  # rank 0 alone scores
     if not ok:
         return 2  # rank 0 stopped on bad input and says why
     spec, scorer, mixture = scoring if dist.is_main else (None, None, None)
-    out = args.out if args.out is not None else (
-        source.home / "eval" / f"{_already_guided_name(student) or args.guidance}-{args.sampler}-T{args.steps}")
+    method_name = _already_guided_name(student) or args.guidance
+    if terms is not None:  # one folder per composition: compose-3+1_8-1
+        method_name += "-" + describe_terms(terms).replace(":", "").replace(",", "_")
+    out = args.out if args.out is not None else source.home / "eval" / f"{method_name}-{args.sampler}-T{args.steps}"
     if dist.is_main:  # before any sampling: the folder takes files, and one w's samples fit (scored, then dropped)
         check_writable("--out", out)
         check_fits_in_memory(f"eval --n {args.n}", 2 * args.n * math.prod(source.image_shape) * 4,
@@ -198,12 +213,14 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
               "upward at small N and their spread (± in the table) is larger than most differences between w; "
               "compare rows only with each other and with the floor at the same N", file=sys.stderr)
     total = len(args.w) * args.n
+    # a composition reads no labels: every sample gets the null label K (as in cfgdiff sample --compose)
+    labels = None if terms is None else torch.full((args.n,), source.num_classes, dtype=torch.long)
     bar = progress(total, f"eval ({args.guidance}, {args.sampler}, {args.steps} steps)",
                    args.no_progress or not dist.is_main)
     t0 = time.perf_counter()
     with bar:
         result = run_sweep(run, args.w, n=args.n, scorer=scorer, seed=args.seed, grid_per_class=args.grid_per_class,
-                           on_chunk=bar.update, dist=dist)
+                           on_chunk=bar.update, dist=dist, labels=labels)
     seconds = time.perf_counter() - t0
     if not dist.is_main:
         return EXIT_OK  # this rank's samples went to rank 0, which scores and writes them
@@ -213,11 +230,13 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
                         "train_step": int(meta.get("step", 0)),
                         "p_uncond": meta.get("train_config", {}).get("p_uncond"),
                         "guidance": choice.method, "guidance_params": choice.record()})
+    if terms is not None:
+        result.meta["compose"] = describe_terms(terms)
     model_line = (f"- model: {args.run_dir} (step {result.meta['train_step']}, p_uncond {result.meta['p_uncond']})"
                   if source.kind == "run" else f"- model: {source.description}")
     header = [f"- command: `{result.meta['command']}`",
               model_line,
-              f"- {args.n} samples per w (class-balanced), {args.steps} {args.sampler} steps, seed {args.seed}; "
+              f"- {args.n} samples per w ({_drawn_as(terms)}), {args.steps} {args.sampler} steps, seed {args.seed}; "
               f"sweep wall time {seconds:.0f} s"]
     if choice.method != "cfg":
         header += choice.lines
@@ -227,6 +246,8 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
         title = (f"Guidance-free trained model (GFT) sweep, {data}" if _already_guided_name(student) == "gft"
                  else f"Distilled student (guidance-distilled, {student.stage} stage) sweep, {data}")
     names = tuple(getattr(model, "class_names", ())) or None
+    if terms is not None:  # the grid is one row: every sample has the composition
+        names = (f"compose {describe_terms(terms)}",)
     paths = write_sweep(result, out, title=title, class_names=names, header_lines=header, mixture=mixture)
     paths["config"] = write_resolved_config(args, out / RESOLVED_CONFIG_FILE, fill={"out": out})  # for --config
     for line in _summary(result):
@@ -235,6 +256,30 @@ def _evaluate(args: argparse.Namespace, dist) -> int:
     print(f"wrote {', '.join(written)} and {len(result.grids)} per-w grids in {out / 'grids'} to {out} "
           f"({seconds:.0f} s{source.step_note})")
     return EXIT_OK
+
+
+def _composition(choice, source) -> tuple[tuple[int, float], ...] | None:
+    """The terms of ``--compose`` (None for any other guidance), refused in one line where eval cannot score them:
+    2-D data (as ``cfgdiff sample`` refuses), or no class of positive weight (nothing to compare the samples with)."""
+    if choice.method != "compose":
+        return None
+    terms = tuple(choice.params["terms"])
+    if len(source.image_shape) != 3:
+        raise UsageError("eval scores compositions of image data only; for 2-D data use the Python API "
+                         "(cfgdiff.guidance.compose), as cfgdiff sample --compose does")
+    if not positive_classes(terms):
+        raise UsageError(f"--compose {describe_terms(terms)} has no class of positive weight: eval scores a "
+                         "composition against the real images of its positive-weight classes, and there are none")
+    return terms
+
+
+def _drawn_as(terms) -> str:
+    """How the samples were drawn, for the report header."""
+    if terms is None:
+        return "class-balanced"
+    positive = positive_classes(terms)
+    return (f"each with the composition {describe_terms(terms)}, scored against the real images of "
+            f"class{'es' if len(positive) > 1 else ''} {', '.join(str(c) for c in positive)}")
 
 
 def _already_guided_name(student) -> str | None:

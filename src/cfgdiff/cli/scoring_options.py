@@ -2,12 +2,14 @@
 
 ``add_scoring_options(p)`` adds ``--inception-weights``, ``--features`` and ``--bootstrap``;
 ``check_scoring_options(args)`` refuses bad ones in one line before any work; ``scorer_for(args, meta, data)``
-returns (the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None).
+returns (the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None); with a
+composition's ``terms``, a scorer against the real images of its positive-weight classes.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +39,27 @@ def check_scoring_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--bootstrap must be 0 (no spread) or at least 2, got {args.bootstrap}")
 
 
-def scorer_for(args: argparse.Namespace, meta: dict, data: str) -> tuple[Any, Any, Any]:
-    """(the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None)."""
+def scorer_for(args: argparse.Namespace, meta: dict, data: str, *,
+               terms: Sequence[tuple[int, float]] | None = None) -> tuple[Any, Any, Any]:
+    """(the run's DataSpec, the scorer for its data, the exact mixture for 2-D testbed runs or None).
+
+    ``terms``: a composition's (c_i, w_i) (images only). The references, training and test split, are then the
+    real images of the positive-weight classes (``ReferenceStats.of_classes``: their union, each class in its
+    share of the split), and with a feature network that classifies the data's classes each row also reports the
+    terms' class probabilities (with Inception-v3 it does not)."""
     from cfgdiff.core.toy import GaussianMixture
     from cfgdiff.data import DataSpec, load_dataset
-    from cfgdiff.evaluation.features import feature_extractor_for
+    from cfgdiff.evaluation.features import classifies, feature_extractor_for
     from cfgdiff.evaluation.metrics import ImageScorer, VectorScorer, near_copy_detector, reference_statistics
+    from cfgdiff.guidance.compose import positive_classes
 
     spec = DataSpec.from_json(meta["data_spec"]) if meta.get("data_spec") else DataSpec(source=data)
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
     bootstrap = args.bootstrap if args.bootstrap >= 2 else 0
     if not train.is_image:
+        if terms is not None:
+            raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points: eval scores compositions of image "
+                             "data only (for 2-D data use the Python API, cfgdiff.guidance.compose)")
         if args.inception_weights is not None or args.features is not None:
             raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points, not images: it is scored by the "
                              "sliced Wasserstein distance to held-out points, without a feature network")
@@ -56,8 +68,14 @@ def scorer_for(args: argparse.Namespace, meta: dict, data: str) -> tuple[Any, An
                                   mixture=mixture, bootstrap=bootstrap, seed=args.seed), mixture
     extractor = feature_extractor_for(spec, args.inception_weights, args.features, data_shape=train.data_shape,
                                       device=args.device)
-    scorer = ImageScorer(extractor, reference_statistics(train, "train", extractor),
-                         reference_statistics(test, "test", extractor),
+    train_ref, test_ref = reference_statistics(train, "train", extractor), reference_statistics(test, "test", extractor)
+    by_terms: dict[str, Any] = {}
+    if terms is not None:
+        positive = positive_classes(terms)
+        train_ref, test_ref = train_ref.of_classes(positive), test_ref.of_classes(positive)
+        if classifies(extractor, train.num_classes):
+            by_terms = {"terms": terms, "num_classes": train.num_classes}
+    scorer = ImageScorer(extractor, train_ref, test_ref,
                          near_copies=near_copy_detector(train, test, device=args.device), bootstrap=bootstrap,
-                         seed=args.seed)
+                         seed=args.seed, **by_terms)
     return spec, scorer, None

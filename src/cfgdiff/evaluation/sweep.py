@@ -18,6 +18,11 @@ training images; the floors at the same N are in ``meta``. Fidelity and diversit
 2-D points (``VectorScorer``): the sliced Wasserstein distance to held-out points, the exact guided log-density,
 and precision/recall/density/coverage against held-out points. Fields a kind of data does not have are None.
 
+``labels`` replaces the class-balanced labels where a method reads none: a composition of conditions
+(``guidance="compose"``) gets the null label K for every sample (the grid is then one row), and is scored by a
+scorer whose references are the real images of its positive-weight classes (``ReferenceStats.of_classes``) and
+which reports each term's class probability (``term_prob``; ``ImageScorer(..., terms=...)``).
+
 Every w starts from the same seed, so the rows share their initial noise (common random numbers): differences
 between rows come from w, not from the draw. Network evaluations are counted, not assumed: ``nfe_per_sample``
 is denoiser rows per sample (2 per guided classifier-free step, 1 per unguided step), and
@@ -100,6 +105,9 @@ class SweepRow:
     kid: float | None = None  # KID: unbiased MMD² (cubic kernel), mean over subsets (images)
     kid_std: float | None = None  # its std over the subsets
     fid_per_class: float | None = None  # FID of class c's samples vs class c's training images, mean over c
+    # a composition of conditions (cfgdiff.evaluation.metrics.adherence): "CLASS:WEIGHT" -> mean p(c_i | x)
+    term_prob: dict[str, float] | None = None
+    term_prob_std: dict[str, float | None] | None = None  # its standard error over the samples
 
 
 @dataclass
@@ -145,15 +153,22 @@ class ScoredPoint:
 
 def score_at(run: GuidedRun, w: float, *, n: int, scorer: SampleScorer | None, seed: int = 0,
              grid_per_class: int = 0, on_chunk: Callable[[int], None] | None = None,
-             dist: DistContext | None = None) -> ScoredPoint | None:
-    """``n`` class-balanced samples of ``run`` at w, scored as they stream in (one row of ``run_sweep``; also one
-    trial of ``cfgdiff tune``). Counts the run's network rows afresh. Under torchrun every rank samples and rank 0
-    scores; the other ranks get None."""
+             dist: DistContext | None = None, labels: torch.Tensor | None = None) -> ScoredPoint | None:
+    """``n`` class-balanced samples of ``run`` at w (or ``n`` samples of the given ``labels``), scored as they stream
+    in (one row of ``run_sweep``; also one trial of ``cfgdiff tune``). Counts the run's network rows afresh. Under
+    torchrun every rank samples and rank 0 scores; the other ranks get None. The grid has one row per class of
+    the balanced labels, or per distinct value of the given ones."""
     main = dist is None or dist.is_main
-    labels = balanced_labels(n, run.num_classes)
+    if labels is None:
+        labels, grid_rows = balanced_labels(n, run.num_classes), list(range(run.num_classes))
+    else:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must hold the n = {n} samples' labels, got shape {tuple(labels.shape)}")
+        grid_rows = sorted(set(labels.tolist()))
     run.counter.reset()
     acc = scorer.new_set() if main and scorer is not None else None
-    per_class: list[list[np.ndarray]] = [[] for _ in range(run.num_classes)]
+    per_class: dict[int, list[np.ndarray]] = {c: [] for c in grid_rows}
     seconds = 0.0
     offset = 0
     t_start = time.perf_counter()
@@ -179,8 +194,8 @@ def score_at(run: GuidedRun, w: float, *, n: int, scorer: SampleScorer | None, s
         classifier_evals_per_sample=(classifier_rows / n) if run.uses_classifier else 0.0,
         seconds_per_sample=seconds / n,
     )
-    filled = min(len(v) for v in per_class)
-    grid = np.stack([np.stack(v[:filled]) for v in per_class]) if filled > 0 else None
+    filled = min(len(v) for v in per_class.values())
+    grid = np.stack([np.stack(per_class[c][:filled]) for c in grid_rows]) if filled > 0 else None
     return ScoredPoint(row, grid, getattr(acc, "points", None))
 
 
@@ -196,6 +211,7 @@ def run_sweep(
     grid_per_class: int = 8,
     on_chunk: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
+    labels: torch.Tensor | None = None,
     **run_kwargs: Any,
 ) -> SweepResult:
     """The metrics of ``n`` samples at each w (see the module docstring), drawn by the guided run ``model``
@@ -204,7 +220,9 @@ def run_sweep(
     ``log_prob_fn``, ``weight_schedule``, sampler options) is turned into one first.
 
     ``scorer`` measures the samples (default: ``ImageScorer(extractor, reference)``, FID against ``reference`` and
-    IS). ``nfe_per_sample`` counts every denoiser row the run evaluates (autoguidance's guide network too),
+    IS). ``labels``: the n samples' labels instead of the class-balanced i mod K (the null label K for a composition,
+    whose method reads none). ``nfe_per_sample`` counts every denoiser row the run evaluates (autoguidance's guide
+    network too),
     ``classifier_evals_per_sample`` the classifier's forward + backward passes. ``dist``: this process's place in a
     torchrun group; the ranks split the samples, rank 0 scores all of them and returns the one-process result, the
     other ranks return an empty ``SweepResult`` (no rows) and need no scorer."""
@@ -223,7 +241,7 @@ def run_sweep(
     points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for w in ws:
         point = score_at(run, float(w), n=n, scorer=scorer, seed=seed, grid_per_class=grid_per_class,
-                         on_chunk=on_chunk, dist=dist)
+                         on_chunk=on_chunk, dist=dist, labels=labels)
         if point is None:  # not the scoring rank
             continue
         rows.append(point.row)
@@ -295,26 +313,37 @@ def markdown_table(result: SweepResult) -> str:
     fid_name, is_name = meta["fid_name"], meta["is_name"]
     base = meta.get("fid_delta_baseline_w")
     delta_head = f"Δ vs w = {_fmt_w(base)} (paired)" if base is not None else "Δ (paired)"
+    terms = any(r.term_prob is not None for r in rows)  # a composition scored by a classifier of the data's classes
     head = (f"| w | {fid_name}, N = {n} vs training split | {delta_head} | {fid_name}, N = {n} vs test split | "
             f"{is_name} | near-copies of training images | {prdc_head}KID | {fid_name} per class (mean) | "
-            f"{tail_head}")
-    lines = [head, "|" + "---|" * 20]
+            + ("p(c_i \\| x) per term | " if terms else "") + tail_head)
+    lines = [head, "|" + "---|" * (21 if terms else 20)]
     best = min(r.fid for r in rows)
     for r in rows:
         fid = _pm(r.fid, r.fid_std)
         fid = f"**{fid}**" if r.fid == best else fid
         delta = "–" if r.fid_delta is None else f"{r.fid_delta:+.3f}" + (
             f" ± {r.fid_delta_std:.3f}" if r.fid_delta_std is not None else "")
+        term_cell = f"{term_probabilities_text(r)} | " if terms else ""
         lines.append(f"| {_fmt_w(r.w)} | {fid} | {delta} | {_pm(r.fid_test, r.fid_test_std)} | "
                      f"{_pm(r.inception_score, r.inception_score_std)} | {_percent(r.memorised)} | {prdc_cells(r)}"
-                     f"{_pm(r.kid, r.kid_std, 5)} | {_pm(r.fid_per_class, None)} | {tail(r)}")
+                     f"{_pm(r.kid, r.kid_std, 5)} | {_pm(r.fid_per_class, None)} | {term_cell}{tail(r)}")
     if meta.get("fid_floor") is not None:
         copies = _percent(meta.get("memorisation_test_share"))
         at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""
         lines.append(f"| real (floor) | {at_least}{_pm(meta['fid_floor'], meta.get('fid_floor_std'))} | – | "
                      f"{_pm(meta.get('fid_test_floor'), meta.get('fid_test_floor_std'))} | "
-                     f"{_pm(meta.get('test_is'), None)} | {copies} | – | – | – | – | – | – | {n} | | | | | | | |")
+                     f"{_pm(meta.get('test_is'), None)} | {copies} | – | – | – | – | – | – | "
+                     + ("– | " if terms else "") + f"{n} | | | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def term_probabilities_text(row: SweepRow) -> str:
+    """"3:+1 0.931 ± 0.012, 8:-1 0.020 ± 0.004": each term's mean p(c_i | x) and its standard error ("–" if none)."""
+    if row.term_prob is None:
+        return "–"
+    errors = row.term_prob_std or {}
+    return ", ".join(f"{key} {_pm(value, errors.get(key))}" for key, value in row.term_prob.items())
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -326,6 +355,14 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
+
+
+def _of_classes(meta: Mapping[str, Any]) -> str:
+    """" of classes 3, 8" when the references are some classes' real images (a composition), else ""."""
+    classes = meta.get("reference_classes")
+    if not classes:
+        return ""
+    return f" of class{'es' if len(classes) > 1 else ''} {', '.join(str(c) for c in classes)}"
 
 
 def _header_notes(result: SweepResult) -> list[str]:
@@ -345,11 +382,12 @@ def _header_notes(result: SweepResult) -> list[str]:
                          "above it)")
         return lines + _prdc_notes(meta, n)
     fid_name, is_name = meta["fid_name"], meta["is_name"]
+    of = _of_classes(meta)
     lines = [f"- {fid_name} of the N = {n} samples against the statistics of the {meta['reference_count']} training "
-             f"images and of the {meta.get('test_count', '?')} held-out test images; ± is the bootstrap std over "
-             f"{meta.get('fid_bootstrap')} resamples of the samples (the spread of FID over redraws of N samples); "
-             "Δ is the difference to the first row, ± its paired bootstrap std (both rows resampled alike: sample "
-             "i starts from the same noise at every w), so |Δ| above about 2 of its std is beyond noise"]
+             f"images{of} and of the {meta.get('test_count', '?')} held-out test images{of}; ± is the bootstrap std "
+             f"over {meta.get('fid_bootstrap')} resamples of the samples (the spread of FID over redraws of N "
+             "samples); Δ is the difference to the first row, ± its paired bootstrap std (both rows resampled alike: "
+             "sample i starts from the same noise at every w), so |Δ| above about 2 of its std is beyond noise"]
     if meta.get("fid_floor") is not None:
         at_least = "≥ " if meta.get("fid_floor_method") == "lower bound" else ""
         lines.append(f"- floor vs training split: {meta['fid_floor_definition']} = "
@@ -358,8 +396,9 @@ def _header_notes(result: SweepResult) -> list[str]:
         lines.append(f"- floor vs test split: {meta['fid_test_floor_definition']} = "
                      f"{_pm(meta['fid_test_floor'], meta.get('fid_test_floor_std'))}")
     if meta.get("fid_floor_whole_test") is not None:
-        lines.append(f"- for reference, the whole test split ({meta['fid_floor_whole_test_count']} images) against "
-                     f"the training split: {meta['fid_floor_whole_test']:.3f} (not at N = {n}: do not compare)")
+        whole = ("the whole test split" if not of else f"all test images{of}")
+        lines.append(f"- for reference, {whole} ({meta['fid_floor_whole_test_count']} images) against the training "
+                     f"split{of}: {meta['fid_floor_whole_test']:.3f} (not at N = {n}: do not compare)")
     if meta.get("memorisation_threshold") is not None:
         lines.append(f"- near-copies: samples whose nearest training image (L2 in pixels, x in [-1, 1]) is closer "
                      f"than {meta['memorisation_threshold']:.4g}, the distance that 99 % of the "
@@ -374,8 +413,20 @@ def _header_notes(result: SweepResult) -> list[str]:
         lines.append(f"- {fid_name} per class: FID of the samples of class c against the training images of class c, "
                      f"averaged over the {meta['fid_per_class_classes']} classes (about N / K samples each, so "
                      "biased upward more than the overall FID)")
-    lines.append(f"- real data: {is_name} of the training images = {meta['reference_is']:.3f}"
-                 + (f", of the test images = {meta['test_is']:.3f}" if meta.get("test_is") is not None else ""))
+    if meta.get("reference") is not None:
+        lines.append(f"- reference: {meta['reference']}; every distance above is to it (training and test split "
+                     "alike), and the floors are real images of the same classes")
+    if meta.get("term_prob_name") is not None:
+        lines.append(f"- p(c_i | x) per term: {meta['term_prob_name']}; a term of positive weight should be high, one "
+                     "of negative weight low")
+    elif meta.get("compose") is not None:
+        lines.append("- p(c_i | x) per term: not measured (the feature network does not classify this data's "
+                     "classes)")
+    reference_is, test_is = meta.get("reference_is"), meta.get("test_is")
+    if reference_is is not None and math.isfinite(reference_is):
+        lines.append(f"- real data: {is_name} of the training images = {reference_is:.3f}"
+                     + (f", of the test images = {test_is:.3f}" if test_is is not None and math.isfinite(test_is)
+                        else ""))
     return lines
 
 
@@ -406,7 +457,7 @@ def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *, title: str,
         writer = csv.DictWriter(f, fieldnames=list(asdict(result.rows[0])))
         writer.writeheader()
         for r in result.rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in asdict(r).items()})
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in asdict(r).items()})
 
     paths["md"] = out / "results.md"
     lines = [f"# {title}", "", *header_lines, *_header_notes(result), "", markdown_table(result)]

@@ -141,6 +141,12 @@ def parse_terms(text: str, class_names: Sequence[str] = (), *, num_classes: int 
     return tuple(terms)
 
 
+def positive_classes(terms: Terms) -> tuple[int, ...]:
+    """The classes of the terms of positive weight, ascending, each once: what a composition asks for (a class of
+    negative weight is steered away from, one of weight 0 does nothing)."""
+    return tuple(sorted({int(c) for c, weight in terms if weight > 0}))
+
+
 def describe_terms(terms: Terms) -> str:
     """((3, 2.0), (8, -1.0)) -> "3:+2,8:-1" (what ``parse_terms`` reads back)."""
     return ",".join(f"{c}:{w:+g}" for c, w in terms)

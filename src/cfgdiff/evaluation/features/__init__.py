@@ -44,7 +44,7 @@ from cfgdiff.models.feature_classifier import (
 __all__ = [
     "DIGITS_CLASSIFIER_ASSET", "FEATURES_FILE", "INCEPTION_HINT", "METADATA_KEY", "ClassifierFeatures",
     "DigitsClassifier", "DigitsClassifierNet", "FeatureClassifier", "FeatureError",
-    "FeatureExtractor", "InceptionFeatures", "_fidelity_inception_class", "classifier_accuracy",
+    "FeatureExtractor", "InceptionFeatures", "_fidelity_inception_class", "classifier_accuracy", "classifies",
     "default_classifier_config", "feature_extractor_for", "load_digits_classifier", "load_feature_classifier",
     "read_feature_record", "save_digits_classifier", "save_feature_classifier", "stage_count",
     "weights_digest",
@@ -55,6 +55,14 @@ SHIPPED = {"digits": load_digits_classifier}  # built-in data sets with a shippe
 
 def _source_of(data: Any) -> str:
     return str(getattr(data, "source", data))
+
+
+def classifies(extractor: FeatureExtractor, num_classes: int) -> bool:
+    """Whether ``extractor``'s probabilities are over the data's ``num_classes`` classes: a cfgdiff feature classifier
+    (``ClassifierFeatures``, the shipped digits one included) with that many outputs. Inception-v3's ImageNet
+    labels are not."""
+    net = getattr(extractor, "net", None)
+    return isinstance(extractor, ClassifierFeatures) and int(getattr(net, "num_classes", -1)) == int(num_classes)
 
 
 def feature_extractor_for(

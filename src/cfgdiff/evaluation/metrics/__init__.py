@@ -10,6 +10,7 @@
   density/coverage (Naeem et al. 2020), computed over blocks of distances, and KID (Bińkowski et al. 2018);
 * ``sliced_wasserstein``: SW_p between point sets, for 2-D data;
 * ``guided_density``: the exact guided target p̃_w(x | c) of the Gaussian-mixture testbed, normalised;
+* ``adherence``: a composition's adherence per term, the mean p(c_i | x) of each term's class and its standard error;
 * ``scorers``: what ``cfgdiff eval`` measures per guidance weight, for images and for 2-D points.
 
 Which network gives the features decides what FID and IS mean: with the digits classifier they are "FID
@@ -17,6 +18,7 @@ Which network gives the features decides what FID and IS mean: with the digits c
 This package imports neither training nor the CLI.
 """
 
+from cfgdiff.evaluation.metrics.adherence import term_key, term_probabilities
 from cfgdiff.evaluation.metrics.fid import (
     DEFAULT_BOOTSTRAP,
     FeatureStats,
@@ -27,6 +29,7 @@ from cfgdiff.evaluation.metrics.fid import (
     fid_with_spread,
     frechet_distance,
     paired_bootstrap_difference,
+    union_statistics,
 )
 from cfgdiff.evaluation.metrics.fidelity_diversity import (
     DENSITY_K,
@@ -61,6 +64,7 @@ from cfgdiff.evaluation.metrics.reference import (
     extract_features,
     fid_floor,
     matched_floor,
+    pool_rows,
     reference_statistics,
 )
 from cfgdiff.evaluation.metrics.scorers import (
@@ -82,6 +86,6 @@ __all__ = [
     "extract_features", "feature_statistics", "fid_floor", "fid_with_spread", "frechet_distance", "inception_score",
     "matched_floor", "mean_log_density", "metric_names", "near_copy_detector", "near_copy_threshold",
     "nearest_neighbour_distances", "paired_bootstrap_difference", "random_directions", "reference_statistics",
-    "row_fields", "sliced_wasserstein",
+    "pool_rows", "row_fields", "sliced_wasserstein", "term_key", "term_probabilities", "union_statistics",
     "wasserstein_1d_power",
 ]

@@ -7,6 +7,7 @@
 is the spread of FID over redraws of N samples (the reference statistics held fixed).
 ``paired_bootstrap_difference`` resamples two paired sets together: the spread of a difference between rows.
 ``class_averaged_fid`` is the per-class FID averaged over classes: (1/K') Σ_c FID(samples of c, real of c).
+``union_statistics`` gives (μ, Σ) of the union of several groups (e.g. some classes of a split) from each group's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,32 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> FeatureStats:
     if feats.shape[0] < 2:
         raise ValueError(f"need at least 2 feature vectors for a covariance, got {feats.shape[0]}")
     return feats.mean(axis=0), np.cov(feats, rowvar=False).reshape(feats.shape[1], feats.shape[1])
+
+
+def union_statistics(mus: Sequence[np.ndarray] | np.ndarray, covs: Sequence[np.ndarray] | np.ndarray,
+                     counts: Sequence[int] | np.ndarray) -> FeatureStats:
+    """(μ, Σ) of the union of groups g of n_g rows with means μ_g and covariances Σ_g (1/(n_g - 1)), without the rows:
+
+        N = Σ_g n_g,   μ = Σ_g n_g μ_g / N,   Σ = [Σ_g (n_g - 1) Σ_g + Σ_g n_g (μ_g - μ)(μ_g - μ)ᵀ] / (N - 1)
+
+    (the law of total covariance with the unbiased normalisation): exactly ``feature_statistics`` of the
+    concatenated rows. A group of one row adds its mean only (its Σ_g is not read); N ≥ 2 is required.
+    """
+    counts_arr = np.asarray(counts, dtype=np.int64).reshape(-1)
+    total = int(counts_arr.sum())
+    if total < 2 or (counts_arr < 0).any():
+        raise ValueError(f"need at least 2 rows in all for a covariance (and no negative count), got {counts_arr}")
+    used = np.flatnonzero(counts_arr > 0)
+    group_mu = np.asarray(mus, np.float64)[used]  # [G, D]
+    n = counts_arr[used].astype(np.float64)  # [G]
+    mu = (n[:, None] * group_mu).sum(axis=0) / total
+    offset = group_mu - mu  # [G, D]
+    scatter = (n[:, None] * offset).T @ offset  # Σ_g n_g (μ_g - μ)(μ_g - μ)ᵀ
+    for g, count in zip(used.tolist(), counts_arr[used].tolist(), strict=True):
+        if count >= 2:
+            scatter = scatter + (count - 1) * np.asarray(covs[g], np.float64)
+    cov = scatter / (total - 1)
+    return mu, 0.5 * (cov + cov.T)
 
 
 def _psd_sqrt(cov: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ as .npz under ``$CFGDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/cfgdiff``, else ``~
 ``cache_dir`` passed in), never inside the installed package. The cache file is named by the data set, the
 split, a hash of the data's provenance record (``Dataset.source``: spec, format, path, sizes, content hash where
 the loader records one) and the feature network's ``cache_key``, so other data or other weights never reuse it.
+``ReferenceStats.of_classes(classes)`` narrows the statistics to the examples of some classes (the reference of a
+composition of conditions: ``cfgdiff eval --compose``) without reading the data again.
 
 FID is biased upward at small N (the sample's mean and covariance are noisy, and the noise adds), so a model's
 FID means little without the FID of *real* images at the same N. ``matched_floor`` gives it:
@@ -39,7 +41,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,13 @@ import numpy as np
 import torch
 
 from cfgdiff.evaluation.features import FeatureExtractor
-from cfgdiff.evaluation.metrics.fid import FeatureStats, FrechetReference, feature_statistics, frechet_distance
+from cfgdiff.evaluation.metrics.fid import (
+    FeatureStats,
+    FrechetReference,
+    feature_statistics,
+    frechet_distance,
+    union_statistics,
+)
 from cfgdiff.evaluation.metrics.inception_score import inception_score
 from cfgdiff.runtime.cache import default_cache_dir
 
@@ -111,12 +119,24 @@ def data_key(name: str, source: dict[str, Any] | None) -> str:
     return f"{safe}-{hashlib.sha256(record.encode()).hexdigest()[:12]}"
 
 
+def pool_rows(count: int) -> np.ndarray:
+    """The examples (indices into the split, ascending) whose features form the pool: a seeded random subset of
+    min(count, POOL_SIZE) of them, the same for every feature network."""
+    return np.sort(np.random.default_rng(0).permutation(count)[:POOL_SIZE])
+
+
+def _class_words(classes: Sequence[int]) -> str:
+    return f"class{'es' if len(classes) > 1 else ''} {', '.join(str(c) for c in classes)}"
+
+
 @dataclass
 class ReferenceStats:
     """Real-data statistics: (μ, Σ) of all features, the IS of the real data, how many examples, and ``pool``:
-    float32 features [P, D] of P = min(count, POOL_SIZE) of them, a seeded random subset (None if not kept);
+    float32 features [P, D] of P = min(count, POOL_SIZE) of them, a seeded random subset (None if not kept),
+    with ``pool_labels`` [P], the label of each pool row (None when the labels were not given);
     and per class c of the data's labels (None when the labels were not given): ``class_mu`` [K, D],
-    ``class_cov`` [K, D, D] and ``class_count`` [K] (a class with fewer than 2 examples has NaN statistics)."""
+    ``class_cov`` [K, D, D] and ``class_count`` [K] (a class with fewer than 2 examples has NaN statistics).
+    ``classes``: the classes whose examples these are (None: the whole split; see ``of_classes``)."""
 
     mu: np.ndarray
     cov: np.ndarray
@@ -126,6 +146,40 @@ class ReferenceStats:
     class_mu: np.ndarray | None = None
     class_cov: np.ndarray | None = None
     class_count: np.ndarray | None = None
+    pool_labels: np.ndarray | None = None
+    classes: tuple[int, ...] | None = None
+
+    def of_classes(self, classes: Sequence[int]) -> ReferenceStats:
+        """The statistics of the union of the examples of ``classes``, each class in its own share of the split
+        (as the whole split's statistics hold every class), without reading the data again:
+        (μ, Σ) = ``union_statistics`` of the classes' (μ_c, Σ_c, n_c), exactly those of the union's features;
+        ``count`` = Σ n_c; the pool rows of those classes (None without ``pool_labels``). The result has no
+        per-class statistics, and no IS (NaN: the pool's class probabilities are not kept). ValueError without
+        per-class statistics, or for a class with fewer than 2 examples."""
+        wanted = tuple(sorted({int(c) for c in classes}))
+        if self.class_count is None or self.class_mu is None or self.class_cov is None:
+            raise ValueError("these reference statistics have no per-class statistics (the labels were not given)")
+        if not wanted:
+            raise ValueError("of_classes needs at least one class")
+        for c in wanted:
+            if not 0 <= c < len(self.class_count) or self.class_count[c] < 2:
+                have = 0 if not 0 <= c < len(self.class_count) else int(self.class_count[c])
+                raise ValueError(f"class {c} has {have} real examples here; a reference needs at least 2")
+        index = list(wanted)
+        mu, cov = union_statistics(self.class_mu[index], self.class_cov[index], self.class_count[index])
+        pool = pool_labels = None
+        if self.pool is not None and self.pool_labels is not None:
+            keep = np.isin(self.pool_labels, index)
+            pool, pool_labels = self.pool[keep], self.pool_labels[keep]
+        return ReferenceStats(mu, cov, float("nan"), int(self.class_count[index].sum()), pool,
+                              pool_labels=pool_labels, classes=wanted)
+
+    def describe(self, what: str, *, brackets: bool = False) -> str:
+        """``what`` (e.g. "training images"), followed by "of classes 3, 8" (or "(classes 3, 8)" with
+        ``brackets``) when these are some classes' statistics only."""
+        if self.classes is None:
+            return what
+        return f"{what} ({_class_words(self.classes)})" if brackets else f"{what} of {_class_words(self.classes)}"
 
     def frechet(self) -> FrechetReference:
         return FrechetReference(self.mu, self.cov)
@@ -183,7 +237,7 @@ def _compute_reference(chunks: Iterable[torch.Tensor], count: int, extractor: Fe
                        batch_size: int, labels: np.ndarray | None = None,
                        num_classes: int | None = None) -> ReferenceStats:
     # pool row j = example pool_index[j]: a seeded random subset, kept in data order (all rows when count <= POOL_SIZE)
-    pool_index = np.sort(np.random.default_rng(0).permutation(count)[:POOL_SIZE])
+    pool_index = pool_rows(count)
     position = np.full(count, -1, dtype=np.int64)
     position[pool_index] = np.arange(pool_index.size)
     moments = _Moments()
@@ -218,6 +272,7 @@ def _compute_reference(chunks: Iterable[torch.Tensor], count: int, extractor: Fe
     stats = ReferenceStats(mu, cov, inception_score(pool_probs)[0], count, pool_feats)
     if labels is not None:
         stats.class_mu, stats.class_cov, stats.class_count = _class_statistics(per_class, mu.shape[0])
+        stats.pool_labels = labels[pool_index]
     return stats
 
 
@@ -257,9 +312,12 @@ def reference_statistics(
         try:
             with np.load(path) as f:
                 per_class = {k: f[k] for k in ("class_mu", "class_cov", "class_count") if k in f.files}
-                return ReferenceStats(f["mu"], f["cov"], float(f["inception_score"]), int(f["count"]),
-                                      f["pool"], **per_class)
-        except (OSError, KeyError, ValueError):
+                cached = ReferenceStats(f["mu"], f["cov"], float(f["inception_score"]), int(f["count"]),
+                                        f["pool"], **per_class)
+            if dataset is not None:  # the pool's labels: the same rows of the data's labels (not cached)
+                cached.pool_labels = np.asarray(dataset.labels, dtype=np.int64)[pool_rows(cached.count)]
+            return cached
+        except (OSError, KeyError, ValueError, IndexError):
             pass  # a corrupt or old cache entry: recompute below
     if dataset is None:
         x = load_x(str(data), split)

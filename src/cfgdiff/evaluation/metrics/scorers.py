@@ -18,6 +18,10 @@ row's metric fields. ``meta(n)`` describes the references and the floors at the 
   ``fid_per_class``, the FID of the samples of class c against the training images of class c, averaged over the
   classes. ``meta(n)`` adds the floors at matched N (``cfgdiff.evaluation.metrics.reference``) and the settings
   and real sets of these metrics.
+  A composition of conditions (``cfgdiff eval --compose``) is scored the same way against references made of
+  some classes (``ReferenceStats.of_classes``: its positive-weight classes; the class-averaged FID is then not
+  defined), and with ``terms`` each row adds ``term_prob`` / ``term_prob_std``, the mean probability the feature
+  network gives each term's class and its standard error (``cfgdiff.evaluation.metrics.adherence``).
 * ``VectorScorer``: for vector data such as the 2-D mixture, the sliced Wasserstein distance SW_2 (128 seeded
   directions) to held-out points (at most 10 000, a seeded subset: ``sliced_wasserstein`` overall with both sets
   class-balanced, ``sliced_wasserstein_per_class``, with a bootstrap spread) and, when the data are the exact
@@ -39,6 +43,7 @@ import torch
 
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.evaluation.features import FeatureExtractor
+from cfgdiff.evaluation.metrics.adherence import term_probabilities
 from cfgdiff.evaluation.metrics.fid import (
     DEFAULT_BOOTSTRAP,
     class_averaged_fid,
@@ -63,6 +68,7 @@ from cfgdiff.evaluation.metrics.sliced_wasserstein import (
     random_directions,
     wasserstein_1d_power_sorted,
 )
+from cfgdiff.guidance.compose import Terms, check_terms
 
 VECTOR_PROJECTIONS = 128  # directions of the sliced Wasserstein distance for vector data (2-D: ample)
 HELD_OUT_MAX = 10_000  # held-out points kept as the SW reference (a seeded random subset beyond this)
@@ -74,6 +80,7 @@ VECTOR_FIELDS = ("sliced_wasserstein", "sliced_wasserstein_std", "sliced_wassers
                  "log_density_std", "log_density_target")
 PRDC_FIELDS = ("precision", "precision_std", "recall", "recall_std", "density", "density_std", "coverage",
                "coverage_std")  # both kinds of data
+TERM_FIELDS = ("term_prob", "term_prob_std")  # a composition's adherence per term: {"CLASS:WEIGHT": value}
 
 
 def metric_names(extractor_name: str) -> tuple[str, str]:
@@ -84,7 +91,7 @@ def metric_names(extractor_name: str) -> tuple[str, str]:
 
 
 def _empty_row() -> dict[str, Any]:
-    return dict.fromkeys(IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS)
+    return dict.fromkeys(IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS + TERM_FIELDS)
 
 
 def _prdc_fields(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int,
@@ -164,20 +171,31 @@ class _ImageSet:
         if s.train.class_count is not None:
             references = [s.train.class_frechet(c) for c in range(len(s.train.class_count))]
             row["fid_per_class"] = class_averaged_fid(feats.features, np.concatenate(self.labels), references)
+        if s.terms is not None:
+            row.update(term_probabilities(feats.probs, s.terms))
         return row
 
 
 class ImageScorer:
     """FID (vs train and vs test, with bootstrap spreads), IS, memorisation, precision/recall, density/coverage,
     KID and the class-averaged FID of image samples (module docstring). One scorer per sweep: the first set it
-    scores is the baseline of the others' paired differences."""
+    scores is the baseline of the others' paired differences.
+
+    ``train`` and ``test`` are the references, a whole split's or some classes' (``ReferenceStats.of_classes``).
+    ``terms``: a composition's (c_i, w_i); each row then reports the mean probability of c_i under the feature
+    network (``term_prob``, ± ``term_prob_std``), which must classify the data's classes (``num_classes`` of
+    them, checked on the terms)."""
 
     kind = "images"
 
     def __init__(self, extractor: FeatureExtractor, train: ReferenceStats, test: ReferenceStats | None = None,
                  *, near_copies: NearCopyDetector | None = None, bootstrap: int = DEFAULT_BOOTSTRAP,
                  floor_draws: int = FLOOR_DRAWS, seed: int = 0, prdc_k: int = PRDC_K, density_k: int = DENSITY_K,
-                 kid_subsets: int = KID_SUBSETS) -> None:
+                 kid_subsets: int = KID_SUBSETS, terms: Terms | None = None,
+                 num_classes: int | None = None) -> None:
+        if terms is not None and num_classes is None:
+            raise ValueError("term probabilities need the number of classes the feature network classifies")
+        self.terms = None if terms is None else check_terms(terms, int(num_classes or 0))
         self.extractor, self.train, self.test = extractor, train, test
         self.near_copies = near_copies
         self.prdc_k, self.density_k, self.kid_subsets = prdc_k, density_k, kid_subsets
@@ -203,9 +221,11 @@ class ImageScorer:
         """(N test images vs train statistics, N training images vs test statistics); None without a pool."""
         if self.test is None or self.test.pool is None:
             return None, None
+        if self.test.pool.shape[0] < 2:
+            return None, None
         vs_train = matched_floor(self.test.pool, self.train.frechet(), n, draws=self.floor_draws, seed=self.seed)
         vs_test = (matched_floor(self.train.pool, self.test.frechet(), n, draws=self.floor_draws, seed=self.seed)
-                   if self.train.pool is not None else None)
+                   if self.train.pool is not None and self.train.pool.shape[0] >= 2 else None)
         return vs_train, vs_test
 
     def meta(self, n: int) -> dict[str, Any]:
@@ -216,6 +236,13 @@ class ImageScorer:
             "fid_bootstrap": self.bootstrap,
             "fid_delta_baseline_w": None if self.baseline is None else self.baseline[0],
         }
+        if self.train.classes is not None:
+            out["reference_classes"] = list(self.train.classes)
+            out["reference"] = self.train.describe("the real images") + (
+                " (their union, each class in its share of the split)" if len(self.train.classes) > 1 else "")
+        if self.terms is not None:
+            out["term_prob_name"] = (f"mean p(c_i | x) of each term's class under the {self.extractor.name} "
+                                     "(± standard error over the samples)")
         if self.test is not None:
             out["test_count"] = self.test.count
             out["test_is"] = self.test.inception_score
@@ -223,11 +250,13 @@ class ImageScorer:
             if vs_train is not None:
                 out.update(fid_floor=vs_train.value, fid_floor_std=vs_train.std, floor_count=n,
                            fid_floor_method=vs_train.method,
-                           fid_floor_definition=vs_train.describe("held-out test images", "training split"))
+                           fid_floor_definition=vs_train.describe(self.test.describe("held-out test images"),
+                                                                  self.train.describe("training split", brackets=True)))
             if vs_test is not None:
                 out.update(fid_test_floor=vs_test.value, fid_test_floor_std=vs_test.std,
                            fid_test_floor_method=vs_test.method,
-                           fid_test_floor_definition=vs_test.describe("training images", "test split"))
+                           fid_test_floor_definition=vs_test.describe(self.train.describe("training images"),
+                                                                      self.test.describe("test split", brackets=True)))
             # the old floor: the whole test split against the training split, at the test split's count
             whole = self.train.frechet().distance(self.test.mu, self.test.cov)
             out.update(fid_floor_whole_test=whole, fid_floor_whole_test_count=self.test.count)
@@ -235,12 +264,13 @@ class ImageScorer:
             out.update(self.near_copies.meta())
         if self.train.pool is not None:
             pool_count = self.train.pool.shape[0]
+            pool_name = self.train.describe("training-split pool features")
             real = _prdc_real_definition(min(n, pool_count), pool_count,
-                                         "training-split pool features (a seeded random subset of the split)")
+                                         f"{pool_name} (a seeded random subset of the split)")
             out.update(prdc_k=self.prdc_k, density_k=self.density_k, prdc_real=real,
                        prdc_real_count=min(n, pool_count), prdc_std="standard error given the other set",
                        kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size(n),
-                       kid_real=f"all {pool_count} training-split pool features",
+                       kid_real=f"all {pool_count} {pool_name}",
                        kid_kernel="(x·y / d + 1)^3, unbiased MMD², std over subsets (ddof 0)")
         if self.train.class_count is not None:
             out["fid_per_class_classes"] = int((self.train.class_count >= 2).sum())
@@ -395,4 +425,4 @@ class VectorScorer:
 
 def row_fields() -> Sequence[str]:
     """Every metric field a sweep row carries."""
-    return IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS
+    return IMAGE_FIELDS + VECTOR_FIELDS + PRDC_FIELDS + TERM_FIELDS

@@ -38,6 +38,8 @@ KNOWN_HEADERS = {
     "density": "density",
     "coverage": "coverage",
     "kid": "KID",
+    "term_prob": "p(c_i | x) per term",  # a composition: "CLASS:WEIGHT" -> mean probability of the term's class
+    "term_prob_std": "p(c_i | x) per term, standard error",
 }
 # these first, in this order; the rest in the rows' order
 LEADING = ("w", "fid", "fid_test", "inception_score", "sliced_wasserstein", "log_density", "precision", "recall",
@@ -93,6 +95,8 @@ def _general_format(value: Any) -> str:
 
 def format_value(key: str, value: Any) -> str:
     """The text a cell shows for ``value`` of field ``key`` (the raw value goes in the cell's data-value)."""
+    if key.startswith("term_prob") and isinstance(value, dict):  # a composition's terms: "3:+1 0.931, 8:-1 0.020"
+        return ", ".join(f"{k} {_metric_format(float(v)) if is_number(v) else '–'}" for k, v in value.items())
     if value is None or not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
         return _general_format(value)
     if key == "w" or (key.endswith("_per_sample") and key != "seconds_per_sample"):
