@@ -35,24 +35,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peak_share import NETWORKS, NUM_CLASSES, sampling_row, training_row  # noqa: E402  (beside this script)
+from peak_share import NETWORKS, preset_network, sampling_row, training_row  # noqa: E402  (beside this script)
 
 import cfgdiff  # noqa: E402
-from cfgdiff.models import build_model  # noqa: E402
-from cfgdiff.models.presets import default_chunk, preset_for  # noqa: E402
 from cfgdiff.runtime import precision  # noqa: E402
 from cfgdiff.runtime.precision import NetworkForm  # noqa: E402
 
 
 def child(network: str, form: NetworkForm, *, compiled: bool, repeats: int, quick: bool) -> dict[str, Any]:
     """One process's measurement: sampling and training rows of ``network`` in ``form``."""
-    shape, size = NETWORKS[network]
-    preset = preset_for(shape, size)
-    config = {**preset["model"], "image_shape": list(shape), "num_classes": NUM_CLASSES}
-    chunk = 2 if quick else default_chunk(shape, "cpu")
-    batch = 4 if quick else int(preset.get("batch_size", 128))
-    torch.manual_seed(0)
-    net = build_model(config).eval()
+    shape = NETWORKS[network][0]
+    config, chunk, batch, net = preset_network(network, quick=quick)
     sampling = sampling_row(net, shape, 2 * chunk, form, compiled=compiled, repeats=repeats)
     training = training_row(config, shape, batch, form, compiled=compiled, repeats=repeats)
     return {"sampling": sampling, "training": training}

@@ -69,6 +69,19 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def preset_network(name: str, *, quick: bool = False) -> tuple[dict, int, int, torch.nn.Module]:
+    """(model config, sampling chunk B, training batch, the network with seed-0 weights in eval mode) of one of
+    ``NETWORKS``: the chunk is ``cfgdiff sample``'s default on the CPU, the batch the preset's (tiny with
+    ``quick``)."""
+    shape, size = NETWORKS[name]
+    preset = preset_for(shape, size)
+    config = {**preset["model"], "image_shape": list(shape), "num_classes": NUM_CLASSES}
+    chunk = 2 if quick else default_chunk(shape, "cpu")
+    batch = 4 if quick else int(preset.get("batch_size", 128))
+    torch.manual_seed(0)
+    return config, chunk, batch, build_model(config).eval()
+
+
 def first_call_seconds(fn, *, device: str = "cpu") -> float:
     """Seconds of the first call of ``fn``: with ``torch.compile`` this is the compilation (or the load of a
     cached one) plus one call."""
@@ -196,12 +209,7 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine, "peak_gflops": peak, "networks": {}}
     for name in [n.strip() for n in args.networks.split(",") if n.strip()]:
         shape, size = NETWORKS[name]
-        preset = preset_for(shape, size)
-        config = {**preset["model"], "image_shape": list(shape), "num_classes": NUM_CLASSES}
-        chunk = 2 if quick else default_chunk(shape, "cpu")
-        batch = 4 if quick else int(preset.get("batch_size", 128))
-        torch.manual_seed(0)
-        net = build_model(config).eval()
+        config, chunk, batch, net = preset_network(name, quick=quick)
         params = sum(p.numel() for p in net.parameters())
         rows = []
         for form, compiled in forms:
