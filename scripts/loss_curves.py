@@ -74,15 +74,16 @@ def main() -> None:
                  f"{label} {rate:.2f}" for label, rate in zip(labels, speed, strict=True)), "",
              head, "|" + "---|" * (1 + len(labels) + len(labels) - 1)]
     for row in table:
-        cells = [f"{m:.4f} ± {se:.4f}" for m, se in row["runs"]] + [
-            f"{m:+.4f} ± {se:.4f}" for m, se in row["differences"]]
+        cells = [f"{m:.4f} ± {se:.2g}" for m, se in row["runs"]] + [
+            f"{m:+.5f} ± {se:.2g}" for m, se in row["differences"]]
         lines.append(f"| {row['steps']} | " + " | ".join(cells) + " |")
     whole = [mean_se(loss[r] - loss[0]) for r in range(1, len(logs))]
-    noise = float(np.std(np.diff(loss[0]), ddof=1) / math.sqrt(2))  # interval-to-interval noise of one curve
-    lines += ["", f"Interval-to-interval noise of the {labels[0]} curve (std of successive differences / √2): "
-              f"{noise:.4f}."]
+    # interval-to-interval noise of one curve, over its second half (where the trend no longer dominates)
+    noise = float(np.std(np.diff(loss[0, len(steps) // 2:]), ddof=1) / math.sqrt(2))
+    lines += ["", f"Interval-to-interval noise of the {labels[0]} curve over its second half (std of successive "
+              f"differences / √2): {noise:.4f}."]
     for label, (m, se) in zip(labels[1:], whole, strict=True):
-        lines.append(f"Over all intervals, {label} − {labels[0]} = {m:+.4f} ± {se:.4f} (paired), "
+        lines.append(f"Over all intervals, {label} − {labels[0]} = {m:+.5f} ± {se:.2g} (paired), "
                      f"{abs(m) / noise:.2f} of that noise.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -121,10 +121,11 @@ def test_compose_refusals_are_one_line(capsys, digits_run, tmp_path, command, ex
     assert not out.exists()
 
 
-def test_compose_on_2d_data_is_refused(capsys, gmm_run, tmp_path):
-    out = tmp_path / "grid.png"
-    assert_usage_error(capsys, ["sample", str(gmm_run[0]), "--steps", "2", "--out", str(out), "--no-progress",
-                                "--compose", "0:1,2:-1"], "2-D data")
+@pytest.mark.parametrize("command, needle", [("sample", "2-D data"), ("eval", "image data only")])
+def test_compose_on_2d_data_is_refused(capsys, gmm_run, tmp_path, command, needle):
+    out = tmp_path / ("grid.png" if command == "sample" else "eval")
+    assert_usage_error(capsys, [command, str(gmm_run[0]), "--steps", "2", "--out", str(out), "--no-progress",
+                                "--compose", "0:1,2:-1"], needle)
     assert not out.exists()
 
 

@@ -178,9 +178,3 @@ def test_a_composition_without_a_positive_class_is_refused_in_one_line(capsys, d
                                 f"--compose={terms}"], "has no class of positive weight")
     assert not out.exists()
 
-
-def test_a_composition_of_2d_data_is_refused_as_sample_refuses_it(capsys, gmm_run, tmp_path):
-    out = tmp_path / "eval"
-    assert_usage_error(capsys, ["eval", str(gmm_run[0]), "--steps", "2", "--out", str(out), "--no-progress",
-                                "--compose", "0:1,2:-1"], "image data only")
-    assert not out.exists()
