@@ -277,9 +277,10 @@ def _drawn_as(terms) -> str:
     """How the samples were drawn, for the report header."""
     if terms is None:
         return "class-balanced"
-    positive = positive_classes(terms)
+    from cfgdiff.evaluation.metrics.reference import class_words
+
     return (f"each with the composition {describe_terms(terms)}, scored against the real images of "
-            f"class{'es' if len(positive) > 1 else ''} {', '.join(str(c) for c in positive)}")
+            f"{class_words(positive_classes(terms))}")
 
 
 def _already_guided_name(student) -> str | None:

@@ -53,6 +53,7 @@ from cfgdiff.core.contract import EpsFn
 from cfgdiff.core.toy import GaussianMixture
 from cfgdiff.evaluation.features import FeatureExtractor
 from cfgdiff.evaluation.metrics import ImageScorer, ReferenceStats, SampleScorer
+from cfgdiff.evaluation.metrics.reference import class_words
 from cfgdiff.guidance import GuidanceWeight, LogProbFn
 from cfgdiff.runtime.distributed import DistContext
 from cfgdiff.sampling.pipeline import GuidedRun
@@ -360,9 +361,7 @@ def _finite_or_none(value: Any) -> Any:
 def _of_classes(meta: Mapping[str, Any]) -> str:
     """" of classes 3, 8" when the references are some classes' real images (a composition), else ""."""
     classes = meta.get("reference_classes")
-    if not classes:
-        return ""
-    return f" of class{'es' if len(classes) > 1 else ''} {', '.join(str(c) for c in classes)}"
+    return f" of {class_words(classes)}" if classes else ""
 
 
 def _header_notes(result: SweepResult) -> list[str]:

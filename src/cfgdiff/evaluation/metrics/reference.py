@@ -125,7 +125,8 @@ def pool_rows(count: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(count)[:POOL_SIZE])
 
 
-def _class_words(classes: Sequence[int]) -> str:
+def class_words(classes: Sequence[int]) -> str:
+    """"class 3" or "classes 3, 8"."""
     return f"class{'es' if len(classes) > 1 else ''} {', '.join(str(c) for c in classes)}"
 
 
@@ -179,7 +180,7 @@ class ReferenceStats:
         ``brackets``) when these are some classes' statistics only."""
         if self.classes is None:
             return what
-        return f"{what} ({_class_words(self.classes)})" if brackets else f"{what} of {_class_words(self.classes)}"
+        return f"{what} ({class_words(self.classes)})" if brackets else f"{what} of {class_words(self.classes)}"
 
     def frechet(self) -> FrechetReference:
         return FrechetReference(self.mu, self.cov)
