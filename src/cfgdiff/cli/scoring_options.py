@@ -57,9 +57,6 @@ def scorer_for(args: argparse.Namespace, meta: dict, data: str, *,
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
     bootstrap = args.bootstrap if args.bootstrap >= 2 else 0
     if not train.is_image:
-        if terms is not None:
-            raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points: eval scores compositions of image "
-                             "data only (for 2-D data use the Python API, cfgdiff.guidance.compose)")
         if args.inception_weights is not None or args.features is not None:
             raise UsageError(f"{spec.source} holds {train.data_shape[0]}-D points, not images: it is scored by the "
                              "sliced Wasserstein distance to held-out points, without a feature network")
