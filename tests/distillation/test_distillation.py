@@ -259,3 +259,55 @@ def test_distilled_samples_per_class_means_approach_the_guided_teachers(mixture_
         means[w] = torch.stack([x_teacher[labels == c].mean(0) for c in range(3)])
         assert float((m_student - means[w]).abs().max()) < tolerance, w
     assert float((means[4.0] - means[0.0]).abs().max()) > 2 * tolerance
+
+
+# -- fit_by_w: a student's held-out error against its guided teacher, per w ------------------------------------
+
+
+class _ExactStudentNetwork(torch.nn.Module):
+    """A 'student' network that IS the guided teacher: f(z, λ, c, w) = (1 + w) ε(z, c) - w ε(z, ∅)."""
+
+    w_embedding = True
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+        self.guided = guided_teacher(teacher)
+        self.num_classes, self.data_shape = teacher.num_classes, teacher.data_shape
+
+    def forward(self, z, logsnr, labels, w):
+        return self.guided(z, logsnr, labels, torch.as_tensor(w, dtype=z.dtype).expand(z.shape[0]))
+
+
+@pytest.mark.parametrize("kind", list(TEACHERS))
+def test_fit_by_w_of_a_fresh_student_is_exactly_what_guidance_adds(kind):
+    """At initialisation the student is the teacher's conditional model at every w, so its error at w is exactly
+    the guidance term ||ε̃_w - ε(z, c)||²: mse(0) = 0 and relative(w) = 1 for w > 0."""
+    from cfgdiff.distillation.evaluate import fit_by_w
+
+    teacher = _teacher(kind)
+    student = Student(init_student(teacher).eval(), WRange(0.0, 4.0))
+    z, _, _ = _inputs(teacher, batch=20)
+    labels = torch.arange(20) % teacher.num_classes
+    fits = fit_by_w(student, teacher, z, labels, [0.0, 1.0, 4.0], generator=torch.Generator().manual_seed(3),
+                    batch_size=8)
+    assert [f.w for f in fits] == [0.0, 1.0, 4.0]
+    assert fits[0].mse == pytest.approx(0.0, abs=1e-10) and fits[0].relative is None
+    for f in fits[1:]:
+        assert f.guidance > 0 and f.mse == pytest.approx(f.guidance, rel=1e-5)
+        assert f.relative == pytest.approx(1.0, rel=1e-5)
+    # the guidance term grows as w²: ||w (ε_c - ε_u)||²
+    assert fits[2].guidance == pytest.approx(16 * fits[1].guidance, rel=1e-5)
+
+
+def test_fit_by_w_of_the_exact_guided_teacher_is_zero_and_refuses_w_outside_the_range():
+    from cfgdiff.distillation.evaluate import fit_by_w
+
+    teacher = _teacher("mlp")
+    student = Student(_ExactStudentNetwork(teacher), WRange(0.0, 2.0))
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 3
+    fits = fit_by_w(student, teacher, x, labels, [0.5, 2.0], generator=torch.Generator().manual_seed(1))
+    assert all(f.mse < 1e-10 and f.relative < 1e-8 for f in fits)
+    with pytest.raises(WRangeError):
+        fit_by_w(student, teacher, x, labels, [3.0], generator=torch.Generator().manual_seed(1))
