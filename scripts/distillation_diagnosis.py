@@ -19,6 +19,11 @@ class-balanced and sample i of every model starts from the same noise. Each row 
   one set of multiplicities for both);
 - "inside" when |Δ| <= 2 paired spreads, else "better" or "worse".
 
+``--zero-x-at-noise-end`` adds a teacher row per (w, sampler) whose x̂ is set to 0 where λ < -10 (the first step
+from λ_min = -20 on every grid here). There x̂ = (z - σ ε̂)/α multiplies the network's error by σ/α ≈ e^{10}, so an
+unclipped x̂ is noise and a clipped one is ±1 almost everywhere. Its Δ is against the plain teacher: it says what that
+first step costs a few-step DDIM.
+
 The teacher's rows are the fair reference for a student sampled the same way. The distance between the teacher's
 samplers (DPM-Solver++(2M) at 25 steps against DDIM at 32 or 8) is what progressive distillation inherits from its
 DDIM teacher, not a loss of distillation.
@@ -36,9 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cfgdiff.core.diffusion import alpha_sigma_rows, eps_from_x
 from cfgdiff.data import DataSpec, load_dataset
 from cfgdiff.distillation import load_student
 from cfgdiff.distillation.evaluate import fit_by_w
+from cfgdiff.distillation.progressive import NOISE_END_LOGSNR
 from cfgdiff.evaluation.features import feature_extractor_for
 from cfgdiff.evaluation.metrics import reference_statistics
 from cfgdiff.evaluation.metrics.fid import fid_with_spread, paired_bootstrap_difference
@@ -65,6 +72,22 @@ def _labelled(text: str) -> tuple[str, Path]:
     if not sep:
         raise argparse.ArgumentTypeError(f"give a student as LABEL=PATH, got {text!r}")
     return label, Path(path)
+
+
+class ZeroXAtNoiseEnd(torch.nn.Module):
+    """An eps_fn whose x̂ is 0 where λ < ``NOISE_END_LOGSNR``: there ε̂ = (z - α·0)/σ, elsewhere the model's ε̂."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        for name in ("num_classes", "data_shape", "class_names", "x_bound"):
+            setattr(self, name, getattr(model, name))
+
+    def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        eps = self.model(z, logsnr, labels)
+        alpha, sigma = alpha_sigma_rows(logsnr.reshape(-1).expand(z.shape[0]), z)
+        noise_end = (logsnr.reshape(-1) < NOISE_END_LOGSNR).expand(z.shape[0]).reshape(alpha.shape)
+        return torch.where(noise_end, eps_from_x(z=z, x=torch.zeros_like(z), alpha=alpha, sigma=sigma), eps)
 
 
 def verdict(delta: float, spread: float) -> str:
@@ -117,11 +140,14 @@ def measure(args: argparse.Namespace) -> dict:
             (fid, spread), = fid_with_spread(base, [reference], draws=args.bootstrap, seed=args.seed)
             record["rows"].append({"w": w, "model": "teacher", "sampler": sampler, "steps": steps, "fid": fid,
                                    "fid_std": spread})
-            for label, _, student in students:
-                own = student.sampling
+            others = [(label, student) for label, _, student in students]
+            if args.zero_x_at_noise_end:
+                others.insert(0, ("teacher, x̂ = 0 at λ < -10", ZeroXAtNoiseEnd(teacher)))
+            for label, student in others:
+                own = getattr(student, "sampling", None)
                 if own and (sampler, steps) != (own["sampler"], int(own["steps"])):
                     continue
-                if w not in student.w_range:
+                if hasattr(student, "w_range") and w not in student.w_range:
                     continue
                 feats = features(student, w, sampler, steps)
                 (s_fid, s_spread), = fid_with_spread(feats, [reference], draws=args.bootstrap, seed=args.seed)
@@ -174,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--features", default=None, help="a feature network run (train-features), as cfgdiff eval")
+    p.add_argument("--zero-x-at-noise-end", action="store_true",
+                   help="add the teacher with x̂ = 0 where λ < -10 (what the first step from λ_min costs)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
