@@ -210,6 +210,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     record = measure(args)
+    here = str(Path.cwd().resolve()) + "/"  # reports name paths relative to the repository
+    record["students"] = {label: text.replace(here, "") for label, text in record["students"].items()}
     record["seconds"] = time.perf_counter() - t0
     write_markdown(record, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
