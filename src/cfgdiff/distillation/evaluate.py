@@ -26,6 +26,7 @@ import torch
 from cfgdiff.core.contract import EpsFn
 from cfgdiff.distillation.guidance import GuidanceDistillationLoss
 from cfgdiff.distillation.student import Student
+from cfgdiff.guidance import combine_cfg, eval_cond_uncond
 from cfgdiff.sampling.pipeline import DISTILLED
 
 __all__ = ["DISTILLED", "WFit", "fit_by_w", "sweep_student"]
@@ -59,28 +60,31 @@ def fit_by_w(
     """The student's error against its guided teacher at each w (module docstring), on the rows (x [N, ...],
     labels [N]): (λ, ε) are drawn once per row from ``generator`` as stage 1's loss draws them
     (``GuidanceDistillationLoss.draw``: λ from the teacher's ``logsnr_schedule``), and the same (z_λ, λ) serve
-    every w. ``WRangeError`` for a w outside the student's range."""
+    every w. The teacher runs once per chunk (one call of 2B rows, in full precision like the loss's target); every
+    w combines that pair, ε̃_w = ε_c + w (ε_c - ε_u), so guidance(w) = w² E||ε_c - ε_u||²/D.
+    ``WRangeError`` for a w outside the student's range."""
     ws = [student.w_range.check(w) for w in ws]
     loss = GuidanceDistillationLoss(teacher, student.w_range, logsnr_schedule=logsnr_schedule)
     device = next(student.network.parameters()).device
     student_eps = student.w_eps_fn()
-    per_row: dict[float, list[torch.Tensor]] = {w: [] for w in ws}
-    guide: dict[float, list[torch.Tensor]] = {w: [] for w in ws}
+    errors: dict[float, list[torch.Tensor]] = {w: [] for w in ws}
+    guidance_sq: list[torch.Tensor] = []  # ||ε_c - ε_u||²/D per row
     for start in range(0, x.shape[0], batch_size):
         xb, cb = x[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
         z, logsnr, _ = loss.draw(xb, generator)
-        cond = loss.target(z, logsnr, cb, torch.zeros(xb.shape[0], device=device))  # ε̃_0 = ε_θ(z, c)
+        with torch.autocast(z.device.type, enabled=False):
+            eps_cond, eps_uncond = (e.float() for e in eval_cond_uncond(teacher, z.float(), logsnr, cb))
+        guidance_sq.append(((eps_cond - eps_uncond) ** 2).flatten(1).mean(1).cpu())
         for w in ws:
-            w_rows = torch.full((xb.shape[0],), w, device=device)
-            target = loss.target(z, logsnr, cb, w_rows)
-            output = student_eps(z, logsnr, cb, w_rows).float()
-            per_row[w].append(((output - target) ** 2).flatten(1).mean(1).cpu())
-            guide[w].append(((target - cond) ** 2).flatten(1).mean(1).cpu())
+            target = combine_cfg(eps_cond, eps_uncond, w)
+            output = student_eps(z, logsnr, cb, torch.full((xb.shape[0],), w, device=device)).float()
+            errors[w].append(((output - target) ** 2).flatten(1).mean(1).cpu())
+    difference_sq = float(torch.cat(guidance_sq).double().mean())
     fits = []
     for w in ws:
-        errors, guidance = torch.cat(per_row[w]).double(), float(torch.cat(guide[w]).double().mean())
-        mse = float(errors.mean())
-        se = float(errors.std() / errors.numel() ** 0.5) if errors.numel() > 1 else float("nan")
+        rows = torch.cat(errors[w]).double()
+        mse, guidance = float(rows.mean()), w * w * difference_sq
+        se = float(rows.std() / rows.numel() ** 0.5) if rows.numel() > 1 else float("nan")
         fits.append(WFit(w, mse, se, guidance, mse / guidance if guidance > 0 else None))
     return fits
 
