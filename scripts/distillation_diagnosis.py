@@ -85,8 +85,9 @@ class ZeroXAtNoiseEnd(torch.nn.Module):
 
     def forward(self, z: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         eps = self.model(z, logsnr, labels)
-        alpha, sigma = alpha_sigma_rows(logsnr.reshape(-1).expand(z.shape[0]), z)
-        noise_end = (logsnr.reshape(-1) < NOISE_END_LOGSNR).expand(z.shape[0]).reshape(alpha.shape)
+        logsnr_rows = logsnr.reshape(-1).expand(z.shape[0])
+        alpha, sigma = alpha_sigma_rows(logsnr_rows, z)
+        noise_end = (logsnr_rows < NOISE_END_LOGSNR).reshape(alpha.shape)
         return torch.where(noise_end, eps_from_x(z=z, x=torch.zeros_like(z), alpha=alpha, sigma=sigma), eps)
 
 
@@ -125,6 +126,9 @@ def measure(args: argparse.Namespace) -> dict:
     extractor = feature_extractor_for(spec, None, args.features, data_shape=train.data_shape, device=args.device)
     reference = reference_statistics(train, "train", extractor).frechet()
     sample_labels = balanced_labels(args.n, teacher.num_classes)
+    others = [(label, student) for label, _, student in students]  # compared with the teacher, row by row
+    if args.zero_x_at_noise_end:
+        others.insert(0, (f"teacher, x̂ = 0 at λ < {NOISE_END_LOGSNR:g}", ZeroXAtNoiseEnd(teacher)))
 
     def features(model, w: float, sampler: str, steps: int) -> np.ndarray:
         run = GuidedRun(model, sampler=sampler, steps=steps, batch_size=args.batch_size, device=args.device,
@@ -140,9 +144,6 @@ def measure(args: argparse.Namespace) -> dict:
             (fid, spread), = fid_with_spread(base, [reference], draws=args.bootstrap, seed=args.seed)
             record["rows"].append({"w": w, "model": "teacher", "sampler": sampler, "steps": steps, "fid": fid,
                                    "fid_std": spread})
-            others = [(label, student) for label, _, student in students]
-            if args.zero_x_at_noise_end:
-                others.insert(0, ("teacher, x̂ = 0 at λ < -10", ZeroXAtNoiseEnd(teacher)))
             for label, student in others:
                 own = getattr(student, "sampling", None)
                 if own and (sampler, steps) != (own["sampler"], int(own["steps"])):
